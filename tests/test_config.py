@@ -18,10 +18,11 @@ class Outer(Config):
     flag: bool = False
     inner: Inner = Inner()
     maybe: int | None = None
+    pair: tuple[float, int] = (0.5, 2)
 
 
 def test_json_round_trip_is_exact():
-    config = Outer(name="y", layers=(3, 4, 5), flag=True, inner=Inner(width=16, rate=0.25), maybe=7)
+    config = Outer(name="y", layers=(3, 4, 5), flag=True, inner=Inner(width=16, rate=0.25), maybe=7, pair=(0.1, 3))
     assert Outer.from_json(config.to_json()) == config
 
 
@@ -50,3 +51,11 @@ def test_config_is_frozen():
 def test_pick_preset_lists_names():
     with pytest.raises(ConfigError, match="available: tiny, small"):
         pick_preset({"tiny": Inner(), "small": Inner()}, "huge", "toy")
+
+
+def test_fixed_length_tuples_convert_each_item():
+    assert Outer().with_overrides(["pair=[0.9, 4]"]).pair == (0.9, 4)
+    with pytest.raises(ConfigError, match=r"Outer\.pair: expected 2 items, got 3"):
+        Outer.from_dict({"pair": [1, 2, 3]})
+    with pytest.raises(ConfigError, match=r"Outer\.pair\[1\]: expected an integer"):
+        Outer.from_dict({"pair": [1.0, "x"]})

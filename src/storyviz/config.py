@@ -54,7 +54,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(item, arg, f"{where}[{i}]") for i, (item, arg) in enumerate(zip(args, value)))
+            return tuple(_coerce(item, arg, f"{where}[{i}]") for i, (arg, item) in enumerate(zip(args, value)))
         item_type = args[0] if args else Any
         converted = [_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
         return tuple(converted) if origin is tuple else converted

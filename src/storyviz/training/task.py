@@ -33,7 +33,7 @@ class TrainConfig(Config):
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW (beta1, beta2)
     grad_clip: float = 1.0  # 0 disables clipping
     ema_decay: float = 0.0  # 0 disables the EMA of the weights
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -93,6 +93,9 @@ class Task(ABC):
 # task name -> "module:Class"
 TASKS: dict[str, str] = {
     "toy": "storyviz.training.tasks.toy:ToyTask",
+    "vqgan": "storyviz.training.tasks.tokenizers:VQGANTask",
+    "dvae": "storyviz.training.tasks.tokenizers:DVAETask",
+    "judge": "storyviz.training.tasks.judge:JudgeTask",
 }
 
 
