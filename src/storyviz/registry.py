@@ -16,6 +16,12 @@ from storyviz.weights import Pretrained, WeightsError, read_weights_config
 # model_type (as written in config.json) -> "module:Class"
 MODEL_TYPES: dict[str, str] = {
     "toy": "storyviz.models.toy:ToyModel",
+    "vqgan": "storyviz.image_tokenizers.vqgan:VQGAN",
+    "dvae": "storyviz.image_tokenizers.dvae:DVAE",
+    "dalle": "storyviz.models.dalle:Dalle",
+    "judge": "storyviz.models.judge:Judge",
+    "arldm-vae": "storyviz.models.arldm_vae:ARLDMVAE",
+    "arldm": "storyviz.models.arldm:ARLDM",
 }
 
 ASSETS = Path(__file__).parent / "assets"

@@ -83,7 +83,9 @@ class StoryPipeline(ABC):
 
 
 # model_type of a model folder -> "module:Class" of its pipeline
-PIPELINES: dict[str, str] = {}
+PIPELINES: dict[str, str] = {
+    "arldm": "storyviz.pipelines.arldm:ARLDMPipeline",
+}
 
 
 def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> StoryPipeline:

@@ -96,6 +96,8 @@ TASKS: dict[str, str] = {
     "vqgan": "storyviz.training.tasks.tokenizers:VQGANTask",
     "dvae": "storyviz.training.tasks.tokenizers:DVAETask",
     "judge": "storyviz.training.tasks.judge:JudgeTask",
+    "arldm-vae": "storyviz.training.tasks.arldm:ARLDMVAETask",
+    "arldm": "storyviz.training.tasks.arldm:ARLDMTask",
 }
 
 
