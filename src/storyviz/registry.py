@@ -19,6 +19,7 @@ MODEL_TYPES: dict[str, str] = {
     "vqgan": "storyviz.image_tokenizers.vqgan:VQGAN",
     "dvae": "storyviz.image_tokenizers.dvae:DVAE",
     "dalle": "storyviz.models.dalle:Dalle",
+    "storydalle": "storyviz.models.storydalle:StoryDalle",
     "judge": "storyviz.models.judge:Judge",
     "arldm-vae": "storyviz.models.arldm_vae:ARLDMVAE",
     "arldm": "storyviz.models.arldm:ARLDM",

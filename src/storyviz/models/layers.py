@@ -16,6 +16,7 @@ class KVCache:
     keys, values: (layers, B, heads, max_len, head_dim). `length` positions are filled; `key_mask` (B, max_len)
     bool, when set, says which cached positions may be attended to (False for masked text padding).
     `prompt_length` is the length of the prompt (prefix + text) once it has been processed.
+    `context` holds per-layer state computed once per prompt (StoryDALL-E's cross-attention keys and values).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class KVCache:
         self.length = 0
         self.prompt_length = 0
         self.key_mask: torch.Tensor | None = None
+        self.context: dict[int, tuple[torch.Tensor, ...]] = {}
 
     @property
     def batch(self) -> int:
@@ -50,6 +52,7 @@ class KVCache:
         self.length = 0
         self.prompt_length = 0
         self.key_mask = None
+        self.context = {}
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Writes keys/values (B, heads, L, head_dim) at positions length ... length+L-1 of `layer`; returns

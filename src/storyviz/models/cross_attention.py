@@ -1,0 +1,102 @@
+"""StoryDALL-E's retro-fitted cross-attention: a sub-layer inserted into a pretrained DALL-E block.
+
+Inside a `CrossBlock`:  x = x + selfattn(ln1(x));  x = x + gate * crossattn(ln_query(x), ln_context(c));
+x = x + mlp(ln2(x)). The context c is the source frame's image embeddings (B, S, D). Only positions at or after
+`cross_from` (absolute positions: the last prompt position, which predicts the first image token, and every image
+position) receive the cross-attention output. Positions are absolute, so a cached single-token step gets the same
+output as the full forward (the released code computed the mask from the chunk length, so its cached steps got
+none). With `gated`, the gate is tanh(g) with g initialised to 0: a block added to a pretrained model leaves its
+outputs unchanged at step 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from storyviz.models.layers import Block, KVCache
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from x (B, L, D) to a context (B, S, D), no causal mask -> (B, L, D)."""
+
+    def __init__(self, width: int, heads: int, gated: bool = True):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.ln_query = nn.LayerNorm(width)
+        self.ln_context = nn.LayerNorm(width)
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.proj = nn.Linear(width, width)
+        self.gate = nn.Parameter(torch.zeros(1)) if gated else None
+
+    def context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context (B, S, D) -> keys, values (B, heads, S, head_dim)."""
+        batch, length, width = context.shape
+        context = self.ln_context(context)
+        shape = (batch, length, self.heads, width // self.heads)
+        return self.key(context).view(shape).transpose(1, 2), self.value(context).view(shape).transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, L, D); keys/values (B, heads, S, head_dim); context_mask (B, S) bool or None -> (B, L, D)."""
+        batch, length, width = x.shape
+        query = self.query(self.ln_query(x)).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+        mask = None if context_mask is None else context_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
+        y = self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        return y if self.gate is None else torch.tanh(self.gate) * y
+
+
+class CrossBlock(Block):
+    """A DALL-E block with a cross-attention sub-layer between self-attention and the MLP.
+
+    Extra keyword arguments of `forward` (passed through the model's `run_blocks`):
+        context        (B, S, D) source-frame embeddings, or None (no source: the sub-layer is skipped)
+        context_rows   (B,) bool: rows that have a source frame (others get no cross-attention output), or None
+        cross_from     absolute position from which outputs are applied (prefix + text length - 1)
+    With a KV cache, the context's keys and values are computed once (at the prompt) and kept in `cache.context`.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, gated: bool = True, **block_kwargs):
+        super().__init__(width, heads, mlp_ratio, **block_kwargs)
+        self.cross = CrossAttention(width, heads, gated)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+        context: torch.Tensor | None = None,
+        context_rows: torch.Tensor | None = None,
+        cross_from: int = 0,
+        **extra,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask=mask, causal=causal, cache=cache, layer=layer)
+        if context is not None:
+            x = x + self._cross(x, context, context_rows, cross_from, cache, layer, start)
+        y = self.mlp(self.ln2(x))
+        return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+
+    def _cross(self, x, context, context_rows, cross_from, cache, layer, start) -> torch.Tensor:
+        if cache is not None and layer in cache.context:
+            keys, values = cache.context[layer]
+        else:
+            keys, values = self.cross.context_keys_values(context)
+            if cache is not None:
+                cache.context[layer] = (keys, values)
+        first = max(cross_from - start, 0)  # the first row of x that receives cross-attention
+        if first >= x.shape[1]:
+            return torch.zeros_like(x)
+        y = self.cross(x[:, first:], keys, values)
+        if context_rows is not None:
+            y = y * context_rows[:, None, None].to(y.dtype)
+        return F.pad(y, (0, 0, first, 0)) if first else y

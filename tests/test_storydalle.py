@@ -1,0 +1,189 @@
+"""StoryDALL-E: the model's pieces, and proof that the released code's bugs are absent (REFERENCE §4)."""
+
+import pytest
+import torch
+
+from storyviz.models.dalle import PRESETS as DALLE_PRESETS
+from storyviz.models.dalle import Dalle
+from storyviz.models.story_encoder import StoryEncoderConfig
+from storyviz.models.storydalle import PRESETS, StoryDalle, story_config
+from storyviz.sampling import Engine, SamplingConfig
+from storyviz.weights import WeightsError
+
+TINY = PRESETS["tiny"]
+BASE = TINY.dalle
+
+
+def make_model(config=TINY, seed=0, open_gates=True) -> StoryDalle:
+    torch.manual_seed(seed)
+    model = StoryDalle(config).double()
+    if open_gates:  # a trained model's gates are open; closed gates would hide the cross-attention
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("cross.gate"):
+                    parameter.fill_(0.7)
+    return model.eval()
+
+
+def inputs(batch=3, config=TINY, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    base = config.dalle
+    text = torch.randint(1, base.text_vocab_size, (batch, base.text_len), generator=generator)
+    text[0, 4:] = base.pad_id
+    image = torch.randint(0, base.image_vocab_size, (batch, base.image_len), generator=generator)
+    source = torch.randint(0, base.image_vocab_size, (batch, base.image_len), generator=generator)
+    sentences = torch.randn(1, batch, config.story.sentence_dim, generator=generator, dtype=torch.float64)
+    return text, image, source, sentences
+
+
+def test_cross_attention_sits_in_every_third_block_and_is_registered():
+    model = make_model()
+    assert TINY.cross_layers == [2]
+    assert story_config(DALLE_PRESETS["1.3B"]).cross_layers == list(range(2, 42, 3))  # 14 layers, as released
+    names = dict(model.named_parameters())
+    for key in ("query", "key", "value", "proj", "ln_query", "ln_context"):
+        assert f"dalle.blocks.2.cross.{key}.weight" in names
+        assert f"dalle.blocks.2.cross.{key}.weight" in model.state_dict()
+    assert not any(".cross." in name for name in names if name.startswith(("dalle.blocks.0.", "dalle.blocks.1.")))
+
+
+def test_cross_attention_is_optimised_saved_and_moved(tmp_path):
+    """Bug 1 of the release: cross-attention layers in a plain list were never optimised, saved or moved."""
+    model = make_model().float().train()
+    text, image, source, sentences = inputs()
+    story = model.story_tokens(sentences.float())[0]
+    before = model.dalle.blocks[2].cross.query.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    _, logits = model(text, image, story=story, source=source)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), image.flatten()).backward()
+    assert model.dalle.blocks[2].cross.query.weight.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(before, model.dalle.blocks[2].cross.query.weight)
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = StoryDalle.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.dalle.blocks[2].cross.query.weight, model.dalle.blocks[2].cross.query.weight)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(text, image, story, source)[1], model(text, image, story, source)[1])
+
+    model.to(torch.float64)
+    assert model.dalle.blocks[2].cross.query.weight.dtype == torch.float64
+    assert model.story_encoder.proj.weight.dtype == torch.float64
+
+
+def test_source_frame_changes_only_image_positions_and_the_first_image_prediction():
+    model = make_model()
+    text, image, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    other = torch.roll(source, 1, dims=1)
+    prefix = model.prefix(story, text.shape[0])
+    hidden = {}
+    for name, src in (("a", source), ("b", other)):
+        x = model.dalle.embed_prompt(text, prefix)
+        x = torch.cat([x, model.dalle.embed_image(image[:, :-1])], dim=1)
+        hidden[name] = model.dalle.run_blocks(x, **model.block_inputs(src, text.shape[1]))
+    first = TINY.prefix_len + BASE.text_len - 1
+    torch.testing.assert_close(hidden["a"][:, :first], hidden["b"][:, :first], rtol=0, atol=0)
+    assert (hidden["a"][:, first:] - hidden["b"][:, first:]).abs().amax(dim=-1).min() > 0
+
+
+def test_first_image_token_is_read_after_the_prefix():
+    """Bug 3 of the release: with a prefix of length P, the first image token was read at N-1, not N+P-1."""
+    model = make_model()
+    text, image, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    _, logits = model(text, image, story=story, source=source)
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    first = model.dalle.next_image_logits(text, image[:, :0], prefix=prefix, **kwargs)
+    torch.testing.assert_close(logits[:, 0].float(), first)
+    # the position the release read (text_len - 1, without the prefix) gives other logits
+    x = model.dalle.embed_prompt(text, prefix)
+    hidden = model.dalle.run_blocks(x, key_valid=model.dalle._key_valid(text, None, TINY.prefix_len, 0), **kwargs)
+    wrong = model.dalle.image_logits(hidden[:, BASE.text_len - 1]).float()
+    assert not torch.allclose(wrong, first)
+
+
+@pytest.mark.parametrize("prompt_len", [0, 3])
+def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len):
+    """Bug 2 of the release: cached single-token steps got no cross-attention output."""
+    config = story_config(BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len)
+    model = make_model(config)
+    text, image, source, sentences = inputs(config=config)
+    story = model.story_tokens(sentences)[0]
+    _, full = model(text, image, story=story, source=source)
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    cache = model.dalle.allocate_cache(text.shape[0], prefix.shape[1])
+    logits = [model.dalle.prefill(text, cache, prefix=prefix, **kwargs)]
+    for step in range(BASE.image_len - 1):
+        logits.append(model.dalle.decode(image[:, step], cache, **kwargs))
+    torch.testing.assert_close(torch.stack(logits, dim=1), full.float(), rtol=1e-6, atol=1e-6)
+    # and without cross-attention the cached steps would differ: the source frame matters in every step
+    _, without = model(text, image, story=story, source=None)
+    assert (full - without)[:, 1:].abs().amax(dim=-1).min() > 0
+
+
+def test_engine_greedy_cached_equals_uncached_with_story_inputs():
+    model = make_model()
+    text, _, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    config = SamplingConfig(top_k=1, candidates=2, guidance_scale=2.0)
+    cached = Engine(model.dalle).generate(text, config, prefix=prefix, **kwargs).tokens
+    uncached = Engine(model.dalle, use_cache=False).generate(text, config, prefix=prefix, **kwargs).tokens
+    assert torch.equal(cached, uncached)
+
+
+def test_gate_at_zero_leaves_a_pretrained_dalle_unchanged():
+    torch.manual_seed(0)
+    base = Dalle(BASE.replace(layers=3, prefix_len=0)).double().eval()
+    config = story_config(base.config, story=TINY.story, story_encoder=False)
+    model = StoryDalle.from_dalle(base, config).double().eval()
+    text, image, source, _ = inputs()
+    torch.testing.assert_close(model(text, image, source=source)[1], base(text, image)[1], rtol=0, atol=0)
+    with_story = StoryDalle.from_dalle(base, story_config(base.config, story=TINY.story)).double()
+    assert with_story.dalle.pos_emb_txt.weight.shape[0] == BASE.text_len + 1
+    torch.testing.assert_close(with_story.dalle.pos_emb_txt.weight[1:], base.pos_emb_txt.weight)
+
+
+def test_from_dalle_refuses_another_architecture():
+    base = Dalle(BASE.replace(layers=3, width=64))
+    with pytest.raises(WeightsError, match="differs from config.dalle"):
+        StoryDalle.from_dalle(base, story_config(BASE.replace(layers=3), story=TINY.story))
+
+
+def test_story_encoder_causal_mask_and_positions():
+    causal = story_config(BASE, story=StoryEncoderConfig(sentence_dim=16, heads=2, causal=True))
+    model = make_model(causal)
+    sentences = torch.randn(2, 5, 16, dtype=torch.float64)
+    changed = sentences.clone()
+    changed[:, 4] += 1.0
+    a, b = model.story_tokens(sentences), model.story_tokens(changed)
+    torch.testing.assert_close(a[:, :4], b[:, :4], rtol=0, atol=0)  # frame 5's caption is unseen by frames 1-4
+    assert not torch.allclose(a[:, 4], b[:, 4])
+    bidirectional = make_model(story_config(BASE, story=StoryEncoderConfig(sentence_dim=16, heads=2)))
+    a, b = bidirectional.story_tokens(sentences), bidirectional.story_tokens(changed)
+    assert not torch.allclose(a[:, 0], b[:, 0])
+    # sinusoidal positions: the same caption at two frame positions gives two story tokens
+    same = torch.randn(1, 1, 16, dtype=torch.float64).expand(1, 5, 16)
+    tokens = bidirectional.story_tokens(same)
+    assert not torch.allclose(tokens[0, 0], tokens[0, 1])
+
+
+def test_prompt_tuning_trains_only_the_new_parts_and_embeddings():
+    config = story_config(BASE.replace(layers=3), story=TINY.story, prompt_len=4, mode="prompt")
+    model = make_model(config).train()
+    trainable = {id(p) for p in model.trainable_parameters()}
+    names = {name for name, p in model.named_parameters() if id(p) in trainable}
+    assert "prompt.mlp.0.weight" in names and "dalle.blocks.2.cross.query.weight" in names
+    assert "story_encoder.proj.weight" in names and "dalle.tok_emb_txt.weight" in names
+    assert "dalle.blocks.0.attn.query.weight" not in names and "dalle.head_img.weight" not in names
+    assert model.prefix(torch.zeros(2, BASE.width, dtype=torch.float64), 2).shape == (2, 5, BASE.width)
+
+
+def test_scratch_sentence_encoder():
+    story = StoryEncoderConfig(sentences="scratch", sentence_dim=16, heads=2, scratch_vocab_size=BASE.text_vocab_size)
+    model = make_model(story_config(BASE, story=story))
+    text, *_ = inputs(batch=5)
+    vectors = model.sentence_embeddings(text, text != BASE.pad_id)
+    assert vectors.shape == (5, 16)
+    assert model.story_tokens(vectors[None]).shape == (1, 5, BASE.width)
