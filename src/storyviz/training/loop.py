@@ -344,7 +344,7 @@ class _Run:
             if self.ema is not None:
                 model = copy.deepcopy(self.model)
                 self.ema.copy_to(model)
-            model.save_pretrained(out, extra={"training_step": self.step, "ema": self.ema is not None})
+            self.task.export(model, out, {"training_step": self.step, "ema": self.ema is not None})
         self.dist.barrier()
         return out
 

@@ -12,6 +12,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -84,6 +85,11 @@ class Task(ABC):
     def trainable_parameters(self, model: nn.Module, extras: nn.ModuleDict) -> Iterable[nn.Parameter]:
         """Parameters the optimiser updates (all that require grad, by default; prompt tuning narrows this)."""
         return [p for module in (model, extras) for p in module.parameters() if p.requires_grad]
+
+    def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
+        """Writes the trained model for use (`run_dir/model`): by default `model.save_pretrained`. Tasks whose
+        product needs more than the trained network (a tokenizer, a frozen first stage) write a bundle here."""
+        model.save_pretrained(directory, extra=extra)
 
     def sample_images(self, model: nn.Module, batch: Any) -> torch.Tensor | None:
         """Optional images (B, 3, H, W) in [0, 1] for TensorBoard."""
