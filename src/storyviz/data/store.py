@@ -292,6 +292,11 @@ class StorySplit(Dataset):
         """The captions of story `index` without reading its frames."""
         return _strings(self._file()["captions"][self._check(index)])
 
+    def caption_table(self, pronoun: bool = False) -> list[list[str]]:
+        """Every story's captions (N x L) in one read; `pronoun` picks the pronoun versions (plain if absent)."""
+        name = "captions_pronoun" if pronoun and self.has_pronouns else "captions"
+        return [_strings(row) for row in self._file()[name][:]]
+
     def frames(self) -> FrameSplit:
         """A Dataset over single frames (story i, frame j)."""
         return FrameSplit(self)

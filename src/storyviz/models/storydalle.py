@@ -84,7 +84,7 @@ def story_config(dalle: DalleConfig, **fields: Any) -> StoryDalleConfig:
 def _presets() -> dict[str, StoryDalleConfig]:
     from storyviz.models.dalle import PRESETS as DALLE
 
-    tiny_story = StoryEncoderConfig(sentence_dim=16, layers=1, heads=2)
+    tiny_story = StoryEncoderConfig(layers=1, heads=2)
     return {
         "tiny": story_config(DALLE["tiny"].replace(layers=3), story=tiny_story),
         "small": story_config(DALLE["small"]),

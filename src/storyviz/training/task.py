@@ -104,6 +104,8 @@ TASKS: dict[str, str] = {
     "judge": "storyviz.training.tasks.judge:JudgeTask",
     "arldm-vae": "storyviz.training.tasks.arldm:ARLDMVAETask",
     "arldm": "storyviz.training.tasks.arldm:ARLDMTask",
+    "dalle": "storyviz.training.tasks.dalle:DalleTask",
+    "storydalle": "storyviz.training.tasks.storydalle:StoryDalleTask",
 }
 
 

@@ -1,0 +1,216 @@
+"""StoryDALL-E generation: story continuation (a source frame given) and story visualization (captions only).
+
+The model folder is a "storydalle-bundle" (transformer/ = StoryDalle, tokenizer/, image_tokenizer/), as written by
+`storyviz train storydalle` or `storyviz import storydalle`.
+
+- Continuation: the source frame is resized and centre-cropped to the model's size and encoded to codes; the
+  story encoder reads [source caption (or "") | captions]; every target frame is sampled in one batch, each from
+  its caption, its story token and the source frame (frames do not see each other, as in the paper).
+- Visualization: frame 1 is generated from its caption and story token without a source, then used as the source
+  of the other frames.
+Requests are batched: all first frames of visualization requests together, then every other frame together.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from storyviz.convert.bundle import read_bundle_config
+from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryRequest, StoryResult
+from storyviz.pipelines.dalle import DallePipeline, GenerationError
+from storyviz.registry import load_model
+from storyviz.sampling import Engine, SamplingConfig
+from storyviz.text import TextTokenizer
+from storyviz.weights import WeightsError
+
+STORYDALLE_BUNDLE = "storydalle-bundle"
+
+
+def fit_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, 3) of any size -> (size, size, 3): scaled so the short side fits, then centre-cropped."""
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.LANCZOS)
+    left, top = (width - size) // 2, (height - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class StoryDallePipeline(DallePipeline):
+    model_type = STORYDALLE_BUNDLE
+    supports_continuation = True
+
+    def __init__(self, transformer, tokenizer: TextTokenizer, image_tokenizer, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = transformer.to(self.device).eval()
+        self.transformer = self.model.dalle
+        self.tokenizer = tokenizer
+        self.image_tokenizer = image_tokenizer.to(self.device).eval()
+        self.scorer = None
+        config = self.model.config
+        side = int(round(config.dalle.image_len**0.5))
+        if side * side != config.dalle.image_len:
+            raise WeightsError(f"transformer image_len {config.dalle.image_len} is not a square grid of codes")
+        self.grid = (side, side)
+        self.image_size = side * self.image_tokenizer.downsample_factor
+        self.text_length = config.dalle.text_len
+        self.max_frames = config.story.max_frames if config.story_encoder else 64
+        self._minilm = None
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> StoryDallePipeline:
+        directory = Path(directory)
+        parts = read_bundle_config(directory, STORYDALLE_BUNDLE)["config"]["parts"]
+        missing = [name for name in ("transformer", "tokenizer", "image_tokenizer") if name not in parts]
+        if missing:
+            raise WeightsError(f"{directory}: the StoryDALL-E bundle lacks {missing}")
+        return cls(
+            load_model(directory / parts["transformer"]),
+            TextTokenizer.from_pretrained(directory / parts["tokenizer"]),
+            load_model(directory / parts["image_tokenizer"]),
+            device=device,
+        )
+
+    # --- inputs -----------------------------------------------------------------------------------------------
+
+    def check(self, requests: list[StoryRequest]) -> None:
+        for index, request in enumerate(requests):
+            if not request.captions:
+                raise GenerationError(f"request {index}: no captions")
+            frames = len(request.captions) + (request.source_frame is not None)
+            if frames > self.max_frames:
+                raise GenerationError(
+                    f"request {index}: {frames} frames (source frame included); this model takes at most "
+                    f"{self.max_frames}"
+                )
+
+    def encode_source(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """Source frames uint8 (H, W, 3), any size -> codes (B, N)."""
+        fitted = np.stack([fit_frame(frame, self.image_size) for frame in frames])
+        images = torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
+        return self.image_tokenizer.encode(images).reshape(len(frames), -1)
+
+    def sentence_vectors(self, captions: list[str]) -> torch.Tensor:
+        """Captions -> (N, E) sentence embeddings for the story encoder."""
+        config = self.model.config.story
+        if config.sentences == "scratch":
+            ids = self.tokenizer.encode(captions).ids.to(self.device)
+            return self.model.sentence_embeddings(ids, ids != self.model.config.dalle.pad_id)
+        if self._minilm is None:
+            from storyviz.text.minilm import MiniLM
+
+            self._minilm = MiniLM()
+        return self._minilm.sentence_embeddings(captions).to(self.device)
+
+    def story_tokens(self, stories: list[list[str]]) -> list[torch.Tensor | None]:
+        """Each story's captions -> its story tokens (L, D), or None without a story encoder."""
+        if not self.model.config.story_encoder:
+            return [None] * len(stories)
+        vectors = self.sentence_vectors([caption for story in stories for caption in story])
+        out, first = [], 0
+        for story in stories:
+            out.append(self.model.story_tokens(vectors[first : first + len(story)][None])[0])
+            first += len(story)
+        return out
+
+    # --- generation -------------------------------------------------------------------------------------------
+
+    def generate(
+        self, requests: list[StoryRequest], options: SamplingOptions, progress: ProgressFn | None = None
+    ) -> list[StoryResult]:
+        self.check(requests)
+        config = self.sampling_config(options)
+        with torch.inference_mode():
+            return self._generate_stories(requests, config, progress)
+
+    def _generate_stories(self, requests, config: SamplingConfig, progress) -> list[StoryResult]:
+        start = time.perf_counter()
+        stories = [
+            ([request.source_caption or ""] if request.source_frame is not None else []) + list(request.captions)
+            for request in requests
+        ]
+        story_tokens = self.story_tokens(stories)
+        truncated = self._warn_truncated([caption for request in requests for caption in request.captions])
+        sources: list[torch.Tensor | None] = [None] * len(requests)
+        given = [i for i, request in enumerate(requests) if request.source_frame is not None]
+        if given:
+            codes = self.encode_source([requests[i].source_frame for i in given])
+            for row, i in enumerate(given):
+                sources[i] = codes[row]
+        phases = 2 if len(given) < len(requests) else 1
+        first_frames: dict[int, torch.Tensor] = {}
+        if phases == 2:  # visualization: frame 1 of each such request, without a source
+            rows = [(i, 0) for i in range(len(requests)) if sources[i] is None]
+            tokens = self._sample(rows, stories, story_tokens, sources, config, progress, phase=(1, phases))
+            for (i, _), codes in zip(rows, tokens):
+                first_frames[i] = codes
+                sources[i] = codes
+        rows = [(i, frame) for i, story in enumerate(stories) for frame in range(1, len(story))]
+        tokens = self._sample(rows, stories, story_tokens, sources, config, progress, phase=(phases, phases))
+        generated = {key: codes for key, codes in zip(rows, tokens)}
+        for i, codes in first_frames.items():
+            generated[(i, 0)] = codes
+        return self._results(requests, generated, truncated, time.perf_counter() - start)
+
+    def _sample(self, rows, stories, story_tokens, sources, config, progress, phase) -> torch.Tensor:
+        """Samples one frame per (request, frame index) row in one batch -> codes (R, N) (first candidate)."""
+        if not rows:
+            return torch.empty(0, self.transformer.config.image_len, dtype=torch.long)
+        text = self.tokenizer.encode([stories[i][frame] for i, frame in rows]).ids.to(self.device)
+        story = None
+        if self.model.config.story_encoder:
+            story = torch.stack([story_tokens[i][frame] for i, frame in rows])
+        source = None
+        if all(sources[i] is not None for i, _ in rows) and self.model.config.cross_layers:
+            source = torch.stack([sources[i] for i, _ in rows])
+        prefix, kwargs = self.model.generation_inputs(story, source, text.shape[1], text.shape[0])
+        total = self.transformer.config.image_len
+        tokens = None
+        for step, partial in Engine(self.transformer).stream(text, config, prefix=prefix, **kwargs):
+            tokens = partial
+            if progress is not None:
+                progress((phase[0] - 1) * total + step + 1, phase[1] * total)
+        return tokens[:, 0]
+
+    def _warn_truncated(self, captions: list[str]) -> list[str]:
+        truncated = [captions[index] for index in self.tokenizer.encode(captions).truncated]
+        for caption in dict.fromkeys(truncated):
+            warnings.warn(
+                f"caption longer than the model's {self.text_length} text tokens, truncated: {caption!r}", stacklevel=3
+            )
+        return truncated
+
+    def _results(self, requests, generated, truncated, seconds) -> list[StoryResult]:
+        keys = sorted(generated)
+        images = to_uint8(
+            self.image_tokenizer.decode(torch.stack([generated[k] for k in keys]).reshape(-1, *self.grid))
+        )
+        frames = dict(zip(keys, images))
+        results = []
+        for i, request in enumerate(requests):
+            offset = 1 if request.source_frame is not None else 0
+            order = [(i, offset + j) for j in range(len(request.captions))]
+            results.append(
+                StoryResult(
+                    frames=[np.ascontiguousarray(frames[key]) for key in order],
+                    captions=list(request.captions),
+                    codes=[generated[key].tolist() for key in order],
+                    info={
+                        "task": "continuation" if offset else "visualization",
+                        "truncated": [c for c in request.captions if c in truncated],
+                        "seconds": seconds,
+                    },
+                )
+            )
+        return results

@@ -1,0 +1,201 @@
+"""Training StoryDALL-E ("storydalle"): adapt a pretrained DALL-E bundle to stories, or train from scratch.
+
+One item is one story: the text tokens, image codes and MiniLM sentence embeddings of its L frames (plain and
+pronoun captions; one version is drawn per story and step when `captions` is "both"). All L frames of a story are
+rows of one batch: frame 1 without a source frame (the first frame of story visualization, when
+`visualization_rows`), frames 2..L with frame 1 as the source (story continuation).
+
+Loss (release): CE over image tokens + `text_loss_weight` x CE over text tokens, [PAD] ignored. Captions are
+dropped (all-[PAD] text) with probability `caption_dropout`, which trains the unconditional branch of
+classifier-free guidance. `mode` "prompt" in the model config trains only the new parts and the embeddings.
+
+Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
+frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
+The product (`run_dir/model`) is a "storydalle-bundle": transformer/ (StoryDalle), tokenizer/, image_tokenizer/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from storyviz.config import Config, ConfigError
+from storyviz.convert.bundle import DALLE_BUNDLE, read_bundle_config, write_bundle
+from storyviz.data.codes import check_codes_match, open_codes
+from storyviz.data.sentences import story_sentence_embeddings
+from storyviz.data.store import open_dataset
+from storyviz.models.dalle import Dalle
+from storyviz.models.storydalle import PRESETS as MODEL_PRESETS
+from storyviz.models.storydalle import StoryDalle, StoryDalleConfig
+from storyviz.registry import load_model
+from storyviz.text import TextTokenizer
+from storyviz.training.task import Task, TrainConfig
+
+BUNDLE_TYPE = "storydalle-bundle"
+
+
+@dataclass(frozen=True)
+class StoryDalleTaskConfig(Config):
+    model: StoryDalleConfig = field(default_factory=lambda: MODEL_PRESETS["small"])
+    pretrained: str = ""  # a DALL-E bundle folder (`storyviz train dalle`'s run_dir/model); "" = from scratch
+    image_tokenizer: str = ""  # only when training from scratch (a pretrained bundle brings its own)
+    codes: str = ""  # pre-computed codes of the data set (`storyviz data tokenize`)
+    text_loss_weight: float = 0.1
+    caption_dropout: float = 0.1
+    captions: Literal["plain", "pronoun", "both"] = "both"
+    visualization_rows: bool = True
+    vocab_size: int = 1024  # BPE vocabulary when training from scratch
+
+
+class StoryItems(Dataset):
+    """Story i -> {"codes" (L, N), "text_plain"/"text_pronoun" (L, T) int64, "sentences_plain"/... (L, E)}."""
+
+    def __init__(self, codes, text: dict[str, np.ndarray], sentences: dict[str, np.ndarray]):
+        self.codes, self.text, self.sentences = codes, text, sentences
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {"codes": torch.as_tensor(self.codes[index], dtype=torch.long)}
+        for version in self.text:
+            item[f"text_{version}"] = torch.as_tensor(self.text[version][index])
+            item[f"sentences_{version}"] = torch.as_tensor(self.sentences[version][index], dtype=torch.float32)
+        return item
+
+
+class StoryDalleTask(Task):
+    name = "storydalle"
+    model_presets = {
+        "tiny": StoryDalleTaskConfig(model=MODEL_PRESETS["tiny"], vocab_size=64),
+        "small": StoryDalleTaskConfig(),
+    }
+    train_presets = {
+        "tiny": TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=2),
+        "small": TrainConfig(
+            steps=4000, batch_size=8, lr=3e-4, warmup_steps=200, weight_decay=0.01, log_every=25, checkpoint_every=250
+        ),
+    }
+
+    def __init__(self, model_config: StoryDalleTaskConfig, data: str):
+        super().__init__(model_config, data)
+        if not model_config.codes:
+            raise ConfigError("storydalle: set model.codes to the folder made by `storyviz data tokenize`")
+        self.codes = open_codes(model_config.codes)
+        dataset = open_dataset(data)
+        check_codes_match(self.codes, dataset)
+        self.meta = dataset.meta
+        if model_config.pretrained:
+            folder = Path(model_config.pretrained)
+            parts = read_bundle_config(folder, DALLE_BUNDLE)["config"]["parts"]
+            if "image_tokenizer" not in parts:
+                raise ConfigError(f"{folder}: the DALL-E bundle has no image tokenizer to build the story model on")
+            self.tokenizer = TextTokenizer.from_pretrained(folder / parts["tokenizer"])
+            self.image_tokenizer_dir = folder / parts["image_tokenizer"]
+            self.base_dir = folder / parts["transformer"]
+        else:
+            if not model_config.image_tokenizer:
+                raise ConfigError("storydalle: from scratch, set model.image_tokenizer (or model.pretrained)")
+            self.image_tokenizer_dir = Path(model_config.image_tokenizer)
+            self.base_dir = None
+            self.tokenizer = self._train_tokenizer()
+        self.versions = ["plain", "pronoun"] if model_config.captions == "both" else [model_config.captions]
+        story = model_config.model
+        self.minilm_sentences = story.story_encoder and story.story.sentences == "minilm"
+
+    def _train_tokenizer(self) -> TextTokenizer:
+        split = open_dataset(self.data).split("train")
+        captions = [c for row in split.caption_table() + split.caption_table(pronoun=True) for c in row]
+        config = self.model_config.model.dalle
+        tokenizer = TextTokenizer.train(captions, self.model_config.vocab_size, length=config.text_len)
+        names = self.meta.get("labels", {}).get("characters", {}).get("classes", [])
+        tokenizer.add_tokens(names)
+        return tokenizer
+
+    def _config(self) -> StoryDalleConfig:
+        """The model config: from the pretrained DALL-E's architecture when adapting one."""
+        config = self.model_config.model
+        if self.base_dir is not None:
+            base = load_model(self.base_dir).config
+            config = config.replace(dalle=base.replace(prefix_len=config.prefix_len))
+        if self.base_dir is None:  # from scratch: the sizes follow the codes and the tokenizer
+            dalle = config.dalle.replace(image_len=self.codes.image_len, image_vocab_size=self.codes.codebook_size)
+            config = config.replace(dalle=dalle)
+        if config.dalle.image_len != self.codes.image_len or config.dalle.image_vocab_size != self.codes.codebook_size:
+            raise ConfigError(
+                f"storydalle: the transformer takes {config.dalle.image_len} image tokens over "
+                f"{config.dalle.image_vocab_size} codes; {self.codes.path} holds {self.codes.image_len} tokens over "
+                f"{self.codes.codebook_size} codes"
+            )
+        return config.replace(dalle=config.dalle.replace(text_vocab_size=max(self.tokenizer.vocab_size, 1)))
+
+    def build_model(self) -> nn.Module:
+        config = self._config()
+        if self.base_dir is None:
+            return StoryDalle(config)
+        base: Dalle = load_model(self.base_dir)
+        if base.config.text_vocab_size != config.dalle.text_vocab_size:
+            base.resize_text_embeddings(config.dalle.text_vocab_size)
+        return StoryDalle.from_dalle(base, config)
+
+    def dataset(self, split: str) -> Dataset:
+        stories = open_dataset(self.data).split(split)
+        text, sentences = {}, {}
+        for version in self.versions:
+            captions = stories.caption_table(pronoun=version == "pronoun")
+            flat = [caption for row in captions for caption in row]
+            ids = self.tokenizer.encode(flat).ids.numpy()
+            text[version] = ids.reshape(len(captions), -1, ids.shape[-1])
+            if self.minilm_sentences:
+                sentences[version] = story_sentence_embeddings(self.data, split, version, self.model_config.codes)
+            else:  # none needed: no story encoder, or a scratch sentence encoder that reads the text tokens
+                sentences[version] = np.zeros((len(captions), text[version].shape[1], 1), dtype=np.float16)
+        return StoryItems(self.codes.split(split), text, sentences)
+
+    def loss(self, model: StoryDalle, batch: Any, step: int, extras: nn.ModuleDict) -> tuple[torch.Tensor, dict]:
+        codes = batch["codes"]  # (S, L, N)
+        stories, length, _ = codes.shape
+        version = torch.randint(len(self.versions), (stories,))
+        text = torch.stack([batch[f"text_{self.versions[v]}"][i] for i, v in enumerate(version.tolist())])
+        sentences = torch.stack([batch[f"sentences_{self.versions[v]}"][i] for i, v in enumerate(version.tolist())])
+        if model.sentence_encoder is not None:  # the scratch encoder reads the (un-dropped) caption tokens
+            flat = text.flatten(0, 1)
+            sentences = model.sentence_embeddings(flat, flat != model.config.dalle.pad_id).view(stories, length, -1)
+        story = model.story_tokens(sentences)  # (S, L, D) or None
+        dropped = torch.rand(stories, length) < self.model_config.caption_dropout
+        text = text.masked_fill(dropped[..., None], model.config.dalle.pad_id)
+        frames = torch.arange(length).expand(stories, length)
+        source = codes[:, :1].expand(-1, length, -1)
+        keep = frames >= (0 if self.model_config.visualization_rows else 1)
+        rows = lambda t: t[keep]  # noqa: E731  (S, L, ...) -> (rows, ...)
+        text_logits, image_logits = model(
+            rows(text),
+            rows(codes),
+            story=None if story is None else rows(story),
+            source=rows(source),
+            source_rows=rows(frames) > 0,
+        )
+        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), rows(codes).flatten())
+        targets = rows(text)[:, -text_logits.shape[1] :]
+        text_loss = F.cross_entropy(
+            text_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=model.config.dalle.pad_id
+        )
+        if not torch.isfinite(text_loss):  # every caption dropped: no text target
+            text_loss = text_logits.sum() * 0.0
+        loss = image_loss + self.model_config.text_loss_weight * text_loss
+        return loss, {"image_loss": float(image_loss), "text_loss": float(text_loss)}
+
+    def trainable_parameters(self, model: StoryDalle, extras: nn.ModuleDict):
+        return model.trainable_parameters()
+
+    def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
+        image_tokenizer = load_model(self.image_tokenizer_dir)
+        parts = {"transformer": model, "tokenizer": self.tokenizer, "image_tokenizer": image_tokenizer}
+        write_bundle(directory, BUNDLE_TYPE, parts, extra={**extra, "data": self.meta.get("name")})

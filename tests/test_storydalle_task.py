@@ -1,0 +1,120 @@
+"""StoryDALL-E end to end on tiny real parts: data -> image codes -> training -> bundle -> story generation."""
+
+import numpy as np
+import pytest
+import torch
+
+from storyviz.data.build import build
+from storyviz.data.codes import tokenize_dataset
+from storyviz.data.store import open_dataset
+from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
+from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
+from storyviz.pipelines.storydalle import StoryDallePipeline, fit_frame
+from storyviz.training.loop import train
+from storyviz.training.tasks.storydalle import StoryDalleTask
+from storyviz.weights import WeightsError
+
+TOKENIZER = VQGANConfig(
+    resolution=32,
+    ch=8,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(),
+    z_channels=8,
+    num_groups=4,
+    n_embed=32,
+    embed_dim=8,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("storydalle")
+    build("sprites", root / "data", count=4, size=32, seed=0)
+    torch.manual_seed(0)
+    VQGAN(TOKENIZER).save_pretrained(root / "vqgan")
+    tokenize_dataset(root / "vqgan", root / "data", root / "codes")
+    config = StoryDalleTask.model_presets["tiny"].replace(
+        image_tokenizer=str(root / "vqgan"), codes=str(root / "codes")
+    )
+    model_dir = train("storydalle", config, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "run")
+    return root, model_dir
+
+
+def test_training_writes_a_storydalle_bundle_with_sizes_from_the_codes(trained):
+    root, model_dir = trained
+    pipeline = load_pipeline(model_dir)
+    assert isinstance(pipeline, StoryDallePipeline)
+    assert pipeline.model.config.dalle.image_len == 16  # 32 px / f8 = 4 x 4 codes
+    assert pipeline.model.config.dalle.image_vocab_size == 32
+    assert pipeline.image_size == 32
+    assert (root / "codes" / "minilm-train-pronoun.npy").is_file()  # sentence embeddings prepared once
+
+
+def test_continuation_and_visualization(trained):
+    root, model_dir = trained
+    pipeline = load_pipeline(model_dir)
+    story = open_dataset(root / "data").split("test")[0]
+    wide_source = np.asarray(
+        np.kron(story["frames"][0], np.ones((2, 3, 1), dtype=np.uint8))
+    )  # 64 x 96: resized and cropped
+    requests = [
+        StoryRequest(story["captions"][1:], source_frame=wide_source, source_caption=story["captions"][0]),
+        StoryRequest(story["captions_pronoun"][:3]),
+    ]
+    options = SamplingOptions(seed=3, top_k=8)
+    first = pipeline.generate(requests, options)
+    assert [len(result.frames) for result in first] == [4, 3]
+    assert first[0].info["task"] == "continuation" and first[1].info["task"] == "visualization"
+    for result in first:
+        for frame, codes in zip(result.frames, result.codes):
+            assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
+            assert len(codes) == 16 and all(0 <= code < 32 for code in codes)
+    again = pipeline.generate(requests, options)
+    assert all(a.codes == b.codes for a, b in zip(first, again))
+    other = pipeline.generate(requests, options.replace(seed=4))
+    assert any(a.codes != b.codes for a, b in zip(first, other))
+
+
+def test_visualization_uses_its_first_frame_as_the_source(trained):
+    _, model_dir = trained
+    pipeline = load_pipeline(model_dir)
+    captions = ["Bo waves in the town.", "Bo jumps.", "Bo sits down."]
+    options = SamplingOptions(seed=0, top_k=1)
+    story = pipeline.generate([StoryRequest(captions)], options)[0]
+    first_image = story.frames[0]
+    continued = pipeline.generate(
+        [StoryRequest(captions[1:], source_frame=first_image, source_caption=captions[0])], options
+    )[0]
+    # greedy decoding from the decoded first frame re-encodes to the same codes only if the tokenizer round-trips;
+    # compare against the codes path instead: frames 2.. of visualization equal continuation from frame 1's codes
+    codes = torch.tensor(story.codes[0])
+    prefix_story = pipeline.story_tokens([captions])[0]
+    text = pipeline.tokenizer.encode(captions[1:]).ids
+    prefix, kwargs = pipeline.model.generation_inputs(
+        prefix_story[1:], codes[None].expand(2, -1), text.shape[1], text.shape[0]
+    )
+    from storyviz.sampling import Engine
+
+    expected = Engine(pipeline.transformer).generate(text, pipeline.sampling_config(options), prefix, **kwargs)
+    assert expected.tokens[:, 0].tolist() == story.codes[1:]
+    assert len(continued.frames) == 2
+
+
+def test_bad_requests_are_refused_with_a_reason(trained):
+    _, model_dir = trained
+    pipeline = load_pipeline(model_dir)
+    with pytest.raises(ValueError, match="no captions"):
+        pipeline.generate([StoryRequest([])], SamplingOptions())
+    with pytest.raises(ValueError, match="at most 8"):
+        pipeline.generate([StoryRequest(["x"] * 9)], SamplingOptions())
+    with pytest.raises(WeightsError, match="expected 'storydalle-bundle'"):
+        StoryDallePipeline.from_pretrained(model_dir / "transformer")
+
+
+def test_fit_frame_scales_and_centre_crops():
+    frame = np.zeros((40, 80, 3), dtype=np.uint8)
+    frame[:, 20:60] = 255  # the centre square is white
+    fitted = fit_frame(frame, 16)
+    assert fitted.shape == (16, 16, 3)
+    assert fitted.min() > 200
