@@ -23,7 +23,8 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """`tqdm` with storyviz defaults (stderr, rate and ETA), disabled by `--quiet`."""
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
-    return tqdm(iterable, disable=_quiet or kwargs.pop("disable", False), **kwargs)
+    disable = kwargs.pop("disable", False)
+    return tqdm(iterable, disable=_quiet or disable, **kwargs)
 
 
 def say(message: str) -> None:
