@@ -108,3 +108,15 @@ def test_legacy_checkpoints_are_read_weights_only(tmp_path):
     torch.save({"object": Unsafe()}, tmp_path / "unsafe.pt")
     with pytest.raises(WeightsError, match="unsafe.pt: cannot be read as a weights-only"):
         load_legacy_checkpoint(tmp_path / "unsafe.pt")
+
+
+def test_update_weights_config_keeps_the_weights(tmp_path):
+    from storyviz.weights import update_weights_config
+
+    make_model().save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    update_weights_config(tmp_path / "m", {"heldout_accuracy": {"a": 0.99}})
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["heldout_accuracy"] == {"a": 0.99}
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    with pytest.raises(WeightsError, match="cannot be changed"):
+        update_weights_config(tmp_path / "m", {"config": {}})

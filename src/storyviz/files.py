@@ -53,6 +53,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for child in tmp.rglob("*"):
+        make_readable(child)
     make_readable(tmp)
     old = None
     if path.exists():

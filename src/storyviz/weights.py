@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from storyviz.config import Config, ConfigError
-from storyviz.files import atomic_dir
+from storyviz.files import atomic_dir, write_text_atomic
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -98,6 +98,16 @@ def read_weights_config(directory: str | Path) -> dict[str, Any]:
             f"{path}: format_version {data['format_version']!r}, but this storyviz reads version {FORMAT_VERSION}"
         )
     return data
+
+
+def update_weights_config(directory: str | Path, fields: dict[str, Any]) -> None:
+    """Adds or replaces top-level fields of a model folder's config.json (atomically); the weights are untouched."""
+    reserved = {"format_version", "model_type", "config"} & set(fields)
+    if reserved:
+        raise WeightsError(f"update_weights_config: {sorted(reserved)} cannot be changed this way")
+    data = read_weights_config(directory)
+    data.update(fields)
+    write_text_atomic(Path(directory) / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from storyviz.evaluation.metrics import heldout_accuracy
 from storyviz.models.judge import Judge
 from storyviz.progress import progress, say
 from storyviz.registry import resolve_model_dir
-from storyviz.weights import CONFIG_NAME, WeightsError, read_weights_config
+from storyviz.weights import CONFIG_NAME, WeightsError, read_weights_config, update_weights_config
 
 MIN_ACCURACY = 0.98
 
@@ -108,13 +108,8 @@ def certify_judge(model_dir: str | Path, data: Any, split: str = "val", limit: i
     """
     judge = Judge.from_pretrained(model_dir)
     accuracy, frames = measure_accuracy(judge, data, split, limit)
-    kept = {
-        key: value
-        for key, value in read_weights_config(model_dir).items()
-        if key not in ("config", "format_version", "model_type")
-    }
-    extra = {"heldout_accuracy": accuracy, "heldout_split": split, "heldout_frames": frames}
-    judge.save_pretrained(model_dir, extra={**kept, **extra, "data": data.meta.get("name", "")})
+    fields = {"heldout_accuracy": accuracy, "heldout_split": split, "heldout_frames": frames}
+    update_weights_config(model_dir, {**fields, "data": data.meta.get("name", "")})
     say(f"judge {model_dir}: held-out accuracy on {split} ({frames} frames): " + json.dumps(accuracy))
     return accuracy
 
