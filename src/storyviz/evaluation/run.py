@@ -1,0 +1,157 @@
+"""`storyviz evaluate`: generate samples to disk with any model, then score the files.
+
+    evaluate_model(model, data, split, out, ...)   generates `out/samples` (storyviz.evaluation.samples), then
+                                                    scores them and writes report.json, report.md and grid.png
+    evaluate_folder(samples, data, split, out)     scores frames written by any other program
+
+Which frames are generated:
+- story models that can continue a story (StoryDALL-E, ARLDM): frame 1 is the given source frame and frames
+  2..L are generated (`task="continuation"`), or every frame from captions alone (`task="visualization"`);
+- single-image models (DALL-E): every caption of the story (for digits, the one caption);
+- image tokenizers (VQGAN, dVAE, ARLDM's VAE): reconstructions of every frame, so the same judges read them.
+The judge is the bundled `judge-<data set name>` unless one is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from storyviz.data import open_dataset
+from storyviz.evaluation.evaluate import Evaluation, evaluate_samples
+from storyviz.evaluation.judges import load_judge
+from storyviz.evaluation.report import write_report
+from storyviz.evaluation.samples import write_samples
+from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
+from storyviz.progress import progress
+from storyviz.registry import load_model, resolve_model_dir
+from storyviz.weights import read_weights_config
+
+TOKENIZER_TYPES = ("vqgan", "dvae", "arldm-vae")
+
+
+def pick_stories(count: int, stories: int | None, seed: int) -> list[int]:
+    """The first `stories` indices of a seeded permutation of the split (all of them when None)."""
+    order = np.random.default_rng(seed).permutation(count)
+    return sorted(order[: stories or count].tolist())
+
+
+def generate_samples(
+    model: str | Path | None,
+    data_path: str | Path,
+    split: str,
+    out: Path,
+    indices: list[int],
+    options: SamplingOptions,
+    captions: Literal["plain", "pronoun"] = "plain",
+    task: Literal["continuation", "visualization"] = "continuation",
+    batch_stories: int = 8,
+) -> Path:
+    """Generates the frames of the chosen stories with `model` and writes them as a samples folder."""
+    data = open_dataset(data_path)
+    stories = data.split(split)
+    model_type = read_weights_config(resolve_model_dir(model))["model_type"]
+    records = []
+    if model_type in TOKENIZER_TYPES:
+        tokenizer = load_model(model).eval()
+        for index in progress(indices, desc="reconstruct", unit="story"):
+            story = stories[index]
+            records.append(_record(story, index, captions, _reconstruct(tokenizer, story["frames"])))
+        return write_samples(out, records, data.meta["name"], split)
+    pipeline = load_pipeline(model)
+    continuation = task == "continuation" and pipeline.supports_continuation and data.meta["frames_per_story"] > 1
+    bar = progress(total=len(indices), desc="generate", unit="story")
+    for start in range(0, len(indices), batch_stories):
+        batch = [stories[index] for index in indices[start : start + batch_stories]]
+        requests = []
+        for story in batch:
+            text = _captions(story, captions)
+            if continuation:
+                requests.append(StoryRequest(text[1:], source_frame=story["frames"][0], source_caption=text[0]))
+            else:
+                requests.append(StoryRequest(text))
+        results = pipeline.generate(requests, options.replace(seed=options.seed + start))
+        for story, index, result in zip(batch, indices[start : start + batch_stories], results):
+            frames = np.stack([_resize(frame, story["frames"].shape[1]) for frame in result.frames])
+            if continuation:
+                frames = np.concatenate([story["frames"][:1], frames])
+            records.append(_record(story, index, captions, frames, skip_first=continuation))
+        bar.update(len(batch))
+    bar.close()
+    return write_samples(out, records, data.meta["name"], split)
+
+
+def _captions(story: dict[str, Any], version: str) -> list[str]:
+    return story["captions_pronoun"] if version == "pronoun" and story["captions_pronoun"] else story["captions"]
+
+
+def _record(story, index, version, frames, skip_first=False) -> dict[str, Any]:
+    generated = [not (skip_first and frame == 0) for frame in range(len(frames))]
+    return {
+        "story_index": index,
+        "story_id": story["story_id"],
+        "captions": _captions(story, version),
+        "generated": generated,
+        "frames": frames,
+    }
+
+
+def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+    if frame.shape[0] == size and frame.shape[1] == size:
+        return frame
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
+
+
+@torch.inference_mode()
+def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray) -> np.ndarray:
+    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode"):
+        decoded = tokenizer.decode(tokenizer.encode(images))
+    else:
+        decoded = tokenizer(images)[0]
+    return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def evaluate_folder(
+    samples: str | Path,
+    data_path: str | Path,
+    split: str | None,
+    out: str | Path,
+    judge: str | Path | None = None,
+    inception: bool = True,
+    seed: int = 0,
+) -> Evaluation:
+    """Scores a samples folder and writes the report into `out`."""
+    data = open_dataset(data_path)
+    evaluation = evaluate_samples(
+        samples, data, split, judge=load_judge(judge or f"judge-{data.meta['name']}"), inception=inception, seed=seed
+    )
+    write_report(evaluation, out)
+    return evaluation
+
+
+def evaluate_model(
+    model: str | Path | None,
+    data_path: str | Path,
+    split: str,
+    out: str | Path,
+    stories: int | None = None,
+    seed: int = 0,
+    options: SamplingOptions | None = None,
+    captions: Literal["plain", "pronoun"] = "plain",
+    task: Literal["continuation", "visualization"] = "continuation",
+    judge: str | Path | None = None,
+    inception: bool = True,
+) -> Evaluation:
+    """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc)."""
+    out = Path(out)
+    data = open_dataset(data_path)
+    indices = pick_stories(len(data.split(split)), stories, seed)
+    options = options or SamplingOptions(seed=seed)
+    samples = generate_samples(model, data_path, split, out / "samples", indices, options, captions, task)
+    return evaluate_folder(samples, data_path, split, out, judge=judge, inception=inception, seed=seed)
