@@ -1,0 +1,330 @@
+"""Training tasks "vqgan" and "dvae": the image tokenizers (storyviz.image_tokenizers) on single frames.
+
+    storyviz train vqgan --preset small --data DATA_DIR --out RUN_DIR [--set model.disc_weight=0.1]
+    storyviz train dvae --preset small --data DATA_DIR --out RUN_DIR
+
+Both read the frames of a split (`open_dataset(path).split(name).frames()`) as images in [-1, 1] and log PSNR
+(dB, pixels in [0, 1]), codebook perplexity and usage (share of the codes used in the batch).
+
+The task's model config is the tokenizer's config plus the loss settings (`VQGANTaskConfig` extends
+`VQGANConfig`, `DVAETaskConfig` extends `DVAEConfig`), so `--set model.l1_weight=...` works like any other
+field; the exported model folder holds only the tokenizer's own config.
+
+VQGAN loss = l1 * |x - x'| + l2 * (x - x')^2 + codebook_weight * (codebook + commitment)
+           [+ adaptive_weight * disc_weight * -D(x')  +  hinge(D(x), D(sg[x']))   from step `disc_start`]
+The optional PatchGAN discriminator is a task extra (trained by the same optimiser, not exported). Its two terms
+are kept apart: the generator term runs D with detached parameters (no gradient into D), the discriminator term
+sees detached reconstructions (no gradient into the VQGAN). The adaptive weight is taming's ratio of the
+gradient norms of the reconstruction and generator losses at the decoder's last weight, clamped to
+[0, adaptive_weight_max]. No loss needs downloaded weights (no LPIPS).
+
+dVAE loss = l1 * |x - x'| + l2 * (x - x')^2 + kl_weight(step) * KL(q || uniform), where the decoder reads the
+Gumbel-softmax relaxation at temperature tau(step) = start * (end / start) ** min(step / temperature_steps, 1)
+(DALL-E: 1 -> 1/16; the minimal DALL-E: 0.9 throughout) and kl_weight rises linearly over kl_warmup_steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import Dataset
+
+from storyviz.config import Config, ConfigError
+from storyviz.image_tokenizers.discriminator import PatchDiscriminator, hinge_discriminator_loss, hinge_generator_loss
+from storyviz.image_tokenizers.dvae import DVAE, DVAEConfig
+from storyviz.image_tokenizers.dvae import PRESETS as DVAE_PRESETS
+from storyviz.image_tokenizers.vqgan import PRESETS as VQGAN_PRESETS
+from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
+from storyviz.training.task import Task, TrainConfig
+
+SAMPLE_COUNT = 8  # images shown by sample_images
+
+
+# ------------------------------------------------------------------------------------------------ configs
+
+
+@dataclasses.dataclass(frozen=True)
+class VQGANTaskConfig(VQGANConfig):
+    """A `VQGANConfig` plus the training losses' settings."""
+
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    codebook_weight: float = 1.0
+    disc_weight: float = 0.0  # 0: no discriminator
+    disc_start: int = 0  # step from which the GAN terms are on
+    disc_channels: int = 64
+    disc_layers: int = 3
+    adaptive_weight_max: float = 1e4
+
+
+@dataclasses.dataclass(frozen=True)
+class DVAETaskConfig(DVAEConfig):
+    """A `DVAEConfig` plus the training losses' settings and the Gumbel-softmax temperature schedule."""
+
+    l1_weight: float = 0.0
+    l2_weight: float = 1.0
+    kl_weight: float = 1e-4
+    kl_warmup_steps: int = 0
+    temperature_start: float = 1.0
+    temperature_end: float = 1.0 / 16
+    temperature_steps: int = 5000  # exponential decay from start to end over these steps; 0: end throughout
+
+
+def base_config(config: Config, base: type[Config]) -> Config:
+    """The fields of `config` that belong to `base` (a task config -> the model's own config)."""
+    return base(**{field.name: getattr(config, field.name) for field in dataclasses.fields(base)})
+
+
+def task_config(config: Config, task_class: type[Config]) -> Config:
+    """A model config (or a task config) -> the task config, loss settings at their defaults when absent."""
+    if isinstance(config, task_class):
+        return config
+    return task_class(**{field.name: getattr(config, field.name) for field in dataclasses.fields(config)})
+
+
+def extend(config: Config, task_class: type[Config], **changes: Any) -> Config:
+    """A model preset -> a task config with the same model fields and the given loss settings."""
+    return task_class.from_dict({**config.to_dict(), **changes})
+
+
+def temperature_at(step: int, start: float, end: float, steps: int) -> float:
+    """Exponential interpolation from `start` (step 0) to `end` (step >= `steps`)."""
+    if steps <= 0:
+        return end
+    return start * (end / start) ** min(step / steps, 1.0)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def images_from_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class FrameImages(Dataset):
+    """The frames of one split as uint8 tensors (H, W, 3); `collate_images` makes the float batch."""
+
+    def __init__(self, frames: Dataset):
+        self.frames = frames
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.frames[index]["image"]))
+
+
+def collate_images(items: list[torch.Tensor]) -> torch.Tensor:
+    """list of uint8 (H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return images_from_uint8(torch.stack(items))
+
+
+def open_frames(data: str, split: str, image_size: int, field: str) -> FrameImages:
+    from storyviz.data import open_dataset  # the data package is only needed to train
+
+    dataset = open_dataset(data)
+    size = dataset.meta.get("image_size")
+    if size != image_size:
+        raise ConfigError(
+            f"{data}: frames are {size} px but the tokenizer is configured for {image_size} px; "
+            f"build the data at {image_size} px or set model.{field}={size}"
+        )
+    return FrameImages(dataset.split(split).frames())
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, l1: float, l2: float) -> torch.Tensor:
+    loss = reconstruction.new_zeros(())
+    if l1:
+        loss = loss + l1 * (reconstruction - images).abs().mean()
+    if l2:
+        loss = loss + l2 * (reconstruction - images).pow(2).mean()
+    return loss
+
+
+@torch.no_grad()
+def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean PSNR in dB of images in [-1, 1], measured on pixels in [0, 1] (reconstructions clamped)."""
+    error = ((reconstruction.float().clamp(-1, 1) - images.float()) / 2).pow(2).flatten(1).mean(1)
+    return float((-10 * torch.log10(error.clamp(min=1e-10))).mean())
+
+
+def adaptive_weight(
+    reconstruction_loss: torch.Tensor, generator_loss: torch.Tensor, last_layer: torch.Tensor, maximum: float
+) -> torch.Tensor:
+    """taming's ||grad rec|| / (||grad gen|| + 1e-4) at `last_layer`, clamped to [0, maximum], detached."""
+    if not (torch.is_grad_enabled() and last_layer.requires_grad):
+        return generator_loss.new_zeros(())  # no gradients to compare (evaluation): no GAN term
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    gen_grad = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gen_grad.norm() + 1e-4)).clamp(0.0, maximum).detach()
+
+
+def originals_above_reconstructions(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) twice in [-1, 1] -> one image (1, 3, 2H, B*W) in [0, 1]: originals in the top row,
+    their reconstructions below."""
+    top = torch.cat(list(images), dim=2)
+    bottom = torch.cat(list(reconstruction.clamp(-1, 1)), dim=2)
+    return ((torch.cat([top, bottom], dim=1).float() + 1) / 2).unsqueeze(0)
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+
+_VQGAN_TASK_PRESETS = {
+    "tiny": extend(VQGAN_PRESETS["tiny"], VQGANTaskConfig, disc_layers=2, disc_channels=16),
+    "small": extend(VQGAN_PRESETS["small"], VQGANTaskConfig, l2_weight=1.0),
+    "small-f4": extend(VQGAN_PRESETS["small-f4"], VQGANTaskConfig, l2_weight=1.0),
+    # taming's recipe without the perceptual loss: GAN weight 0.8 from a later step
+    "mindalle": extend(VQGAN_PRESETS["mindalle"], VQGANTaskConfig, disc_weight=0.8, disc_start=30000),
+}
+
+
+class VQGANTask(Task):
+    name = "vqgan"
+    model_presets = _VQGAN_TASK_PRESETS
+    train_presets = {
+        "tiny": TrainConfig(steps=20, batch_size=4, lr=1e-3, warmup_steps=2, log_every=5, checkpoint_every=0),
+        "small": TrainConfig(
+            steps=3000, batch_size=16, lr=3e-4, warmup_steps=100, weight_decay=0.0, sample_every=250,
+            checkpoint_every=500,
+        ),
+        "small-f4": TrainConfig(
+            steps=3000, batch_size=16, lr=3e-4, warmup_steps=100, weight_decay=0.0, sample_every=250,
+            checkpoint_every=500,
+        ),
+        "mindalle": TrainConfig(
+            steps=200000, batch_size=64, lr=4.5e-6 * 64, warmup_steps=1000, weight_decay=0.0, betas=(0.5, 0.9),
+            precision="bf16", sample_every=1000, checkpoint_every=5000,
+        ),
+    }  # fmt: skip
+
+    def __init__(self, model_config: Config, data: str):
+        super().__init__(task_config(model_config, VQGANTaskConfig), data)
+
+    def build_model(self) -> VQGAN:
+        return VQGAN(base_config(self.model_config, VQGANConfig))
+
+    def build_extras(self) -> dict[str, nn.Module]:
+        c = self.model_config
+        if c.disc_weight <= 0:
+            return {}
+        return {"discriminator": PatchDiscriminator(c.in_channels, c.disc_channels, c.disc_layers)}
+
+    def dataset(self, split: str) -> Dataset:
+        return open_frames(self.data, split, self.model_config.resolution, "resolution")
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return collate_images(items)
+
+    def loss(
+        self, model: VQGAN, batch: torch.Tensor, step: int, extras: nn.ModuleDict
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.model_config
+        images = batch
+        reconstruction, codes, vq = model(images)
+        rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
+        loss = rec_loss + c.codebook_weight * (vq["codebook"] + vq["commitment"])
+        logs = {
+            "reconstruction": rec_loss.item(),
+            "codebook": vq["codebook"].item(),
+            "commitment": vq["commitment"].item(),
+            "psnr": psnr(reconstruction, images),
+            **model.codebook_stats(codes),
+        }
+        if "discriminator" in extras and step >= c.disc_start:
+            discriminator = extras["discriminator"]
+            frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
+            generator_loss = hinge_generator_loss(functional_call(discriminator, frozen, (reconstruction,)))
+            weight = adaptive_weight(rec_loss, generator_loss, model.last_layer, c.adaptive_weight_max)
+            disc_loss = hinge_discriminator_loss(discriminator(images), discriminator(reconstruction.detach()))
+            loss = loss + c.disc_weight * weight * generator_loss + disc_loss
+            logs.update(generator=generator_loss.item(), discriminator=disc_loss.item(), adaptive_weight=weight.item())
+        return loss, logs
+
+    @torch.no_grad()
+    def sample_images(self, model: VQGAN, batch: torch.Tensor) -> torch.Tensor:
+        images = batch[:SAMPLE_COUNT]
+        was_training = model.training
+        model.eval()  # no EMA updates or code restarts while sampling
+        try:
+            return originals_above_reconstructions(images, model.decode(model.encode(images)))
+        finally:
+            model.train(was_training)
+
+
+_DVAE_TASK_PRESETS = {
+    "tiny": extend(DVAE_PRESETS["tiny"], DVAETaskConfig, temperature_steps=10),
+    "small": extend(DVAE_PRESETS["small"], DVAETaskConfig, l1_weight=1.0, temperature_steps=2500, kl_warmup_steps=500),
+    # the minimal DALL-E: MSE, constant temperature 0.9
+    "minimal-dalle": extend(
+        DVAE_PRESETS["minimal-dalle"], DVAETaskConfig, temperature_start=0.9, temperature_end=0.9, temperature_steps=0
+    ),
+}
+
+
+class DVAETask(Task):
+    name = "dvae"
+    model_presets = _DVAE_TASK_PRESETS
+    train_presets = {
+        "tiny": TrainConfig(steps=20, batch_size=4, lr=1e-3, warmup_steps=2, log_every=5, checkpoint_every=0),
+        "small": TrainConfig(
+            steps=3000, batch_size=16, lr=1e-3, warmup_steps=100, weight_decay=0.0, sample_every=250,
+            checkpoint_every=500,
+        ),
+        "minimal-dalle": TrainConfig(
+            steps=20000, batch_size=32, lr=1e-3, warmup_steps=200, weight_decay=0.0, sample_every=1000,
+            checkpoint_every=2000,
+        ),
+    }  # fmt: skip
+
+    def __init__(self, model_config: Config, data: str):
+        super().__init__(task_config(model_config, DVAETaskConfig), data)
+
+    def build_model(self) -> DVAE:
+        return DVAE(base_config(self.model_config, DVAEConfig))
+
+    def dataset(self, split: str) -> Dataset:
+        return open_frames(self.data, split, self.model_config.image_size, "image_size")
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return collate_images(items)
+
+    def temperature(self, step: int) -> float:
+        c = self.model_config
+        return temperature_at(step, c.temperature_start, c.temperature_end, c.temperature_steps)
+
+    def kl_weight(self, step: int) -> float:
+        c = self.model_config
+        return c.kl_weight * (min(1.0, step / c.kl_warmup_steps) if c.kl_warmup_steps > 0 else 1.0)
+
+    def loss(
+        self, model: DVAE, batch: torch.Tensor, step: int, extras: nn.ModuleDict
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        c = self.model_config
+        images = batch
+        tau = self.temperature(step)
+        reconstruction, codes, terms = model(images, temperature=tau)
+        rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
+        loss = rec_loss + self.kl_weight(step) * terms["kl"]
+        logs = {
+            "reconstruction": rec_loss.item(),
+            "kl": terms["kl"].item(),
+            "temperature": tau,
+            "psnr": psnr(reconstruction, images),
+            **model.codebook_stats(codes),
+        }
+        return loss, logs
+
+    @torch.no_grad()
+    def sample_images(self, model: DVAE, batch: torch.Tensor) -> torch.Tensor:
+        images = batch[:SAMPLE_COUNT]
+        return originals_above_reconstructions(images, model.decode(model.encode(images)))
