@@ -190,4 +190,4 @@ def test_cli_build_and_inspect(tmp_path, capsys):
     assert main(["data", "build", "sprites", "--out", str(tmp_path / "bad"), "--size", "16"]) == 2
     assert "32..256" in capsys.readouterr().err
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
-    assert main(["data", "tokenize", "--tokenizer", "t", "--data", "d", "--out", "o"]) == 3
+    assert main(["data", "tokenize", "--tokenizer", "t", "--data", "d", "--out", "o"]) == 2  # no tokenizer folder 't'

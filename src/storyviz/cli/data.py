@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from storyviz.cli.main import not_ready
 from storyviz.progress import say
 
 CONVERT_SOURCES = ("pororo", "flintstones", "didemo", "vist", "arldm-h5")
@@ -55,7 +54,9 @@ def add_parser(subparsers) -> None:
     tokenize.add_argument("--tokenizer", required=True, metavar="DIR")
     tokenize.add_argument("--data", required=True, metavar="PATH")
     tokenize.add_argument("--out", required=True, metavar="PATH")
-    tokenize.set_defaults(handler=not_ready("data tokenize", "image tokenizers"))
+    tokenize.add_argument("--batch-size", type=int, default=64, help="frames encoded at once")
+    tokenize.add_argument("--device", default="cpu")
+    tokenize.set_defaults(handler=run_tokenize)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -78,6 +79,16 @@ def run_inspect(args: argparse.Namespace) -> int:
         out = contact_sheet(args.path, args.sheet, split=args.split, stories=args.stories, frame_px=args.frame_px)
         say(f"contact sheet written to {out}")
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def run_tokenize(args: argparse.Namespace) -> int:
+    from storyviz.data.codes import tokenize_dataset
+
+    meta = tokenize_dataset(args.tokenizer, args.data, args.out, batch_size=args.batch_size, device=args.device)
+    splits = ", ".join(f"{name} {count}" for name, count in meta["splits"].items())
+    grid = "x".join(str(side) for side in meta["grid"])
+    print(f"tokenized {args.data} to {args.out}: {splits} stories; {grid} codes of {meta['codebook_size']}")
     return 0
 
 

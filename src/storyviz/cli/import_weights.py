@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from storyviz.cli.main import not_ready
+from storyviz.progress import say
 
 
 def add_parser(subparsers) -> None:
@@ -10,8 +13,23 @@ def add_parser(subparsers) -> None:
         "import", help="Convert a published checkpoint into a storyviz model folder.", description=__doc__
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
-    for kind, issue in (("mindalle", "DALL-E"), ("storydalle", "StoryDALL-E")):
-        sub = kinds.add_parser(kind, help=f"import a released {kind} checkpoint")
-        sub.add_argument("src", help="the released folder or checkpoint file")
-        sub.add_argument("--out", required=True, help="storyviz model folder to write")
-        sub.set_defaults(handler=not_ready(f"import {kind}", issue))
+    sub = kinds.add_parser(
+        "mindalle",
+        help="import the released minDALL-E folder (config.yaml, stage1_last.ckpt, stage2_last.ckpt, tokenizer/)",
+    )
+    sub.add_argument("src", help="the released folder (e.g. 1.3B/)")
+    sub.add_argument("--out", required=True, help="DALL-E bundle folder to write")
+    sub.set_defaults(handler=import_mindalle)
+    sub = kinds.add_parser("storydalle", help="import a released storydalle checkpoint")
+    sub.add_argument("src", help="the released folder or checkpoint file")
+    sub.add_argument("--out", required=True, help="storyviz model folder to write")
+    sub.set_defaults(handler=not_ready("import storydalle", "StoryDALL-E"))
+
+
+def import_mindalle(args: argparse.Namespace) -> int:
+    from storyviz.convert.mindalle import import_mindalle
+
+    out = import_mindalle(args.src, args.out)
+    say(f"wrote {out}")
+    print(out)
+    return 0

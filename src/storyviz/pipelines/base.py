@@ -85,6 +85,8 @@ class StoryPipeline(ABC):
 # model_type of a model folder -> "module:Class" of its pipeline
 PIPELINES: dict[str, str] = {
     "arldm": "storyviz.pipelines.arldm:ARLDMPipeline",
+    "dalle-bundle": "storyviz.pipelines.dalle:DallePipeline",
+    "storydalle-bundle": "storyviz.pipelines.storydalle:StoryDallePipeline",
 }
 
 

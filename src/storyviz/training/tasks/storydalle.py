@@ -37,6 +37,7 @@ from storyviz.models.storydalle import StoryDalle, StoryDalleConfig
 from storyviz.registry import load_model
 from storyviz.text import TextTokenizer
 from storyviz.training.task import Task, TrainConfig
+from storyviz.training.tasks.dalle import caption_tokenizer
 
 BUNDLE_TYPE = "storydalle-bundle"
 
@@ -105,19 +106,11 @@ class StoryDalleTask(Task):
                 raise ConfigError("storydalle: from scratch, set model.image_tokenizer (or model.pretrained)")
             self.image_tokenizer_dir = Path(model_config.image_tokenizer)
             self.base_dir = None
-            self.tokenizer = self._train_tokenizer()
+            length = model_config.model.dalle.text_len
+            self.tokenizer = caption_tokenizer(dataset, self.codes, model_config.vocab_size, length)
         self.versions = ["plain", "pronoun"] if model_config.captions == "both" else [model_config.captions]
         story = model_config.model
         self.minilm_sentences = story.story_encoder and story.story.sentences == "minilm"
-
-    def _train_tokenizer(self) -> TextTokenizer:
-        split = open_dataset(self.data).split("train")
-        captions = [c for row in split.caption_table() + split.caption_table(pronoun=True) for c in row]
-        config = self.model_config.model.dalle
-        tokenizer = TextTokenizer.train(captions, self.model_config.vocab_size, length=config.text_len)
-        names = self.meta.get("labels", {}).get("characters", {}).get("classes", [])
-        tokenizer.add_tokens(names)
-        return tokenizer
 
     def _config(self) -> StoryDalleConfig:
         """The model config: from the pretrained DALL-E's architecture when adapting one."""

@@ -1,0 +1,1 @@
+"""Importers of published checkpoints into storyviz model folders (read with `weights_only=True`)."""
