@@ -60,3 +60,33 @@ def test_bad_arguments_name_the_problem(sprites, capsys):
     assert code == 2 and "not both" in capsys.readouterr().err
     code = main(["evaluate", "--samples", str(sprites / "missing"), "--data", str(sprites / "data"), "--out", "o"])
     assert code == 2 and "missing" in capsys.readouterr().err
+
+
+def test_a_torchscript_judge_with_its_description(sprites, capsys):
+    """Published data sets are judged by a user-supplied TorchScript classifier; here the bundled judge, exported."""
+    from storyviz.evaluation.judges import load_judge
+
+    judge = load_judge("judge-sprites").float().eval()
+
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.judge = judge
+
+        def forward(self, images):
+            features, logits = self.judge.outputs(images)
+            return {"features": features, **logits}
+
+    traced = torch.jit.trace(Exported(), torch.zeros(2, 3, 64, 64), strict=False)
+    traced.save(str(sprites / "judge.pt"))
+    heads = [head.to_dict() for head in judge.config.heads]
+    description = {"image_size": 64, "heads": heads, "heldout_accuracy": {h["name"]: 0.9 for h in heads}}
+    (sprites / "judge.json").write_text(json.dumps(description))
+    argv = ["--samples", str(sprites / "copies"), "--data", str(sprites / "data"), "--judge", str(sprites / "judge.pt")]
+    assert main(["--quiet", "evaluate", *argv, "--out", str(sprites / "report_ts"), "--no-inception"]) == 2
+    assert "0.9000 on ?, below the required 0.98" in capsys.readouterr().err
+    scripted = run_json(capsys, *argv, "--judge-min-accuracy", "0.85", "--out", str(sprites / "report_ts"))
+    bundled = json.loads((sprites / "report_copies" / "report.json").read_text())
+    for row in ("generated", "real"):
+        for metric in ("char_f1", "frame_acc", "setting_acc", "appearance_consistency"):
+            assert scripted[row][metric] == pytest.approx(bundled[row][metric])

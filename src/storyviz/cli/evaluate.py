@@ -25,7 +25,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--captions", choices=["plain", "pronoun"], default="plain", help="caption version")
     parser.add_argument("--task", choices=["continuation", "visualization"], default="continuation")
-    parser.add_argument("--judge", help="judge folder or bundled name (default: judge-<data set name>)")
+    parser.add_argument(
+        "--judge",
+        help="judge folder, bundled name, or a TorchScript file with a JSON description beside it "
+        "(for published data sets; see evaluation/scripted_judge.py); default: judge-<data set name>",
+    )
+    parser.add_argument(
+        "--judge-min-accuracy",
+        type=float,
+        default=0.98,
+        help="refuse a judge whose stored held-out accuracy is below this on any head (default 0.98)",
+    )
     parser.add_argument("--no-inception", action="store_true", help="skip fid_inception (the slowest metric)")
     parser.add_argument("--top-k", type=int, default=0, help="sampling: top-k (0: off, 1: greedy)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -47,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--stories {args.stories}: expected a positive number")
     inception = not args.no_inception
     if args.samples:
-        evaluation = evaluate_folder(args.samples, args.data, args.split, args.out, args.judge, inception, args.seed)
+        evaluation = evaluate_folder(
+            args.samples, args.data, args.split, args.out, args.judge, inception, args.seed, args.judge_min_accuracy
+        )
     else:
         options = SamplingOptions(
             seed=args.seed,
@@ -59,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         )
         evaluation = evaluate_model(
             args.model, args.data, args.split, args.out, args.stories, args.seed, options, args.captions, args.task,
-            args.judge, inception,
+            args.judge, inception, args.judge_min_accuracy,
         )  # fmt: skip
     report = report_dict(evaluation)
     if args.json:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from storyviz.evaluation.metrics import heldout_accuracy
+from storyviz.evaluation.scripted_judge import ScriptedJudge, load_scripted_judge
 from storyviz.models.judge import Judge
 from storyviz.progress import progress, say
 from storyviz.registry import resolve_model_dir
@@ -52,11 +53,11 @@ def judge_frames(judge: Judge, frames: np.ndarray, batch_size: int = 128) -> tup
     starts = range(0, len(frames), batch_size)
     for start in progress(starts, desc="judge"):
         images = frames_to_images(frames[start : start + batch_size], judge.config.image_size)
-        feature = judge.features(images)
+        feature, logits = judge.outputs(images)
         features.append(feature.double().numpy())
-        for head, layer in zip(judge.config.heads, judge.heads):
-            logits = layer(feature)
-            value = (logits >= 0).to(torch.uint8) if head.type == "multi" else logits.argmax(dim=-1)
+        for head in judge.config.heads:
+            value = logits[head.name]
+            value = (value >= 0).to(torch.uint8) if head.type == "multi" else value.argmax(dim=-1)
             predictions[head.name].append(value.numpy())
     if not features:
         raise ValueError("no frames to judge")
@@ -114,24 +115,35 @@ def certify_judge(model_dir: str | Path, data: Any, split: str = "val", limit: i
     return accuracy
 
 
-def load_judge(name_or_path: str | Path, min_accuracy: float = MIN_ACCURACY) -> Judge:
-    """Loads a judge folder (or bundled name) whose stored held-out accuracy is >= min_accuracy on every head."""
+def load_judge(name_or_path: str | Path, min_accuracy: float = MIN_ACCURACY) -> Judge | ScriptedJudge:
+    """Loads a judge whose stored held-out accuracy is >= min_accuracy on every head: a storyviz judge folder
+    (or bundled name), or a TorchScript file (`.pt`, `.ts`) with its JSON description (see scripted_judge.py)."""
+    path = Path(name_or_path)
+    if path.suffix in (".pt", ".ts", ".jit") and path.is_file():
+        judge, description = load_scripted_judge(path)
+        check_accuracy(description, judge.config.heads, path.with_suffix(".json"), min_accuracy)
+        return judge
     directory = resolve_model_dir(name_or_path)
     config = read_weights_config(directory)
     where = directory / CONFIG_NAME
     if config["model_type"] != Judge.model_type:
         raise WeightsError(f"{where}: model_type is {config['model_type']!r}, expected 'judge'")
-    accuracy = config.get("heldout_accuracy")
+    judge = Judge.from_pretrained(directory)
+    check_accuracy(config, judge.config.heads, where, min_accuracy)
+    return judge
+
+
+def check_accuracy(stored: dict, heads, where: Path, min_accuracy: float) -> None:
+    """Raises JudgeError unless `stored["heldout_accuracy"]` reaches min_accuracy on every head."""
+    accuracy = stored.get("heldout_accuracy")
     if not isinstance(accuracy, dict) or not accuracy:
         raise JudgeError(f"{where}: no held-out accuracy stored; measure it first (certify_judge) before judging")
-    for head in config["config"].get("heads", []):
-        name = head["name"]
-        value = accuracy.get(name)
+    for head in heads:
+        value = accuracy.get(head.name)
         if value is None or not np.isfinite(value):
-            raise JudgeError(f"{where}: no held-out accuracy stored for head {name!r}")
+            raise JudgeError(f"{where}: no held-out accuracy stored for head {head.name!r}")
         if value < min_accuracy:
             raise JudgeError(
-                f"{where}: head {name!r} has held-out accuracy {value:.4f} on {config.get('heldout_split', '?')}, "
+                f"{where}: head {head.name!r} has held-out accuracy {value:.4f} on {stored.get('heldout_split', '?')}, "
                 f"below the required {min_accuracy:.2f}; this judge is refused"
             )
-    return Judge.from_pretrained(directory)

@@ -22,7 +22,7 @@ import torch
 
 from storyviz.data import open_dataset
 from storyviz.evaluation.evaluate import Evaluation, evaluate_samples
-from storyviz.evaluation.judges import load_judge
+from storyviz.evaluation.judges import MIN_ACCURACY, load_judge
 from storyviz.evaluation.report import write_report
 from storyviz.evaluation.samples import write_samples
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
@@ -125,12 +125,15 @@ def evaluate_folder(
     judge: str | Path | None = None,
     inception: bool = True,
     seed: int = 0,
+    judge_min_accuracy: float = MIN_ACCURACY,
 ) -> Evaluation:
     """Scores a samples folder and writes the report into `out`."""
     data = open_dataset(data_path)
-    evaluation = evaluate_samples(
-        samples, data, split, judge=load_judge(judge or f"judge-{data.meta['name']}"), inception=inception, seed=seed
-    )
+    judge = judge or f"judge-{data.meta['name']}"
+    loaded = load_judge(judge, min_accuracy=judge_min_accuracy)
+    evaluation = evaluate_samples(samples, data, split, judge=loaded, inception=inception, seed=seed)
+    evaluation.info["judge_source"] = str(judge)
+    evaluation.info["judge_min_accuracy"] = judge_min_accuracy
     write_report(evaluation, out)
     return evaluation
 
@@ -147,6 +150,7 @@ def evaluate_model(
     task: Literal["continuation", "visualization"] = "continuation",
     judge: str | Path | None = None,
     inception: bool = True,
+    judge_min_accuracy: float = MIN_ACCURACY,
 ) -> Evaluation:
     """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc)."""
     out = Path(out)
@@ -154,4 +158,4 @@ def evaluate_model(
     indices = pick_stories(len(data.split(split)), stories, seed)
     options = options or SamplingOptions(seed=seed)
     samples = generate_samples(model, data_path, split, out / "samples", indices, options, captions, task)
-    return evaluate_folder(samples, data_path, split, out, judge=judge, inception=inception, seed=seed)
+    return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)

@@ -116,8 +116,12 @@ class Judge(nn.Module, Pretrained):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images (B, 3, H, W) in [-1, 1] -> {head: logits (B, num_classes)}."""
+        return self.outputs(images)[1]
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """images (B, 3, H, W) in [-1, 1] -> (features (B, feature_dim), {head: logits (B, num_classes)})."""
         features = self.features(images)
-        return {head.name: layer(features) for head, layer in zip(self.config.heads, self.heads)}
+        return features, {head.name: layer(features) for head, layer in zip(self.config.heads, self.heads)}
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
