@@ -86,7 +86,7 @@ def _presets() -> dict[str, StoryDalleConfig]:
 
     tiny_story = StoryEncoderConfig(layers=1, heads=2)
     return {
-        "tiny": story_config(DALLE["tiny"].replace(layers=3), story=tiny_story),
+        "tiny": story_config(DALLE["tiny"].replace(layers=3, text_len=24), story=tiny_story),
         "small": story_config(DALLE["small"]),
         "small-prompt": story_config(DALLE["small"], prompt_len=32, mode="prompt"),
         "1.3B": story_config(DALLE["1.3B"]),
