@@ -183,7 +183,7 @@ class StoryDalleTask(Task):
         if not torch.isfinite(text_loss):  # every caption dropped: no text target
             text_loss = text_logits.sum() * 0.0
         loss = image_loss + self.model_config.text_loss_weight * text_loss
-        return loss, {"image_loss": float(image_loss), "text_loss": float(text_loss)}
+        return loss, {"image_loss": image_loss.item(), "text_loss": text_loss.item()}
 
     def trainable_parameters(self, model: StoryDalle, extras: nn.ModuleDict):
         return model.trainable_parameters()
