@@ -6,6 +6,7 @@ import argparse
 import json
 
 from storyviz.cli.main import UserError
+from storyviz.cli.sampling_args import add_sampling_arguments, sampling_options
 
 
 def add_parser(subparsers) -> None:
@@ -21,7 +22,6 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--data", required=True, help="data set folder (storyviz format)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--stories", type=int, help="number of stories (a seeded choice; default: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the story choice, sampling and shuffled row")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--captions", choices=["plain", "pronoun"], default="plain", help="caption version")
     parser.add_argument("--task", choices=["continuation", "visualization"], default="continuation")
@@ -37,11 +37,7 @@ def add_parser(subparsers) -> None:
         help="refuse a judge whose stored held-out accuracy is below this on any head (default 0.98)",
     )
     parser.add_argument("--no-inception", action="store_true", help="skip fid_inception (the slowest metric)")
-    parser.add_argument("--top-k", type=int, default=0, help="sampling: top-k (0: off, 1: greedy)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
-    parser.add_argument("--steps", type=int, default=50, help="diffusion sampling steps")
+    add_sampling_arguments(parser)  # --seed also picks the stories and the shuffled row
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.set_defaults(handler=run)
 
@@ -49,7 +45,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from storyviz.evaluation.report import report_dict
     from storyviz.evaluation.run import evaluate_folder, evaluate_model
-    from storyviz.pipelines import SamplingOptions
 
     if args.samples and args.model:
         raise UserError("give --model (generate, then score) or --samples (score only), not both")
@@ -61,14 +56,7 @@ def run(args: argparse.Namespace) -> int:
             args.samples, args.data, args.split, args.out, args.judge, inception, args.seed, args.judge_min_accuracy
         )
     else:
-        options = SamplingOptions(
-            seed=args.seed,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            temperature=args.temperature,
-            guidance=args.guidance,
-            steps=args.steps,
-        )
+        options = sampling_options(args)
         evaluation = evaluate_model(
             args.model, args.data, args.split, args.out, args.stories, args.seed, options, args.captions, args.task,
             args.judge, inception, args.judge_min_accuracy,

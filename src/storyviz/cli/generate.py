@@ -14,6 +14,8 @@ import argparse
 import sys
 import warnings
 
+from storyviz.cli.sampling_args import add_sampling_arguments, sampling_options
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -28,13 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--source-caption", help="the caption of the source frame")
     parser.add_argument("--model", default=None, help="model folder or bundled model name (default: the bundled one)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--candidates", type=int, default=1, help="samples per frame (the best is kept)")
-    parser.add_argument("--top-k", type=int, default=0, help="0: off; 1: greedy decoding")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
-    parser.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (diffusion models)")
+    add_sampling_arguments(parser)
     parser.add_argument("--frame-px", type=int, default=256, help="frame size in story.png and story.gif")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(handler=run)
@@ -42,17 +38,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from storyviz.output import generate_story
-    from storyviz.pipelines.base import SamplingOptions
 
-    options = SamplingOptions(
-        seed=args.seed,
-        candidates=args.candidates,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        guidance=args.guidance,
-        steps=args.steps,
-    )
+    options = sampling_options(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths = generate_story(
