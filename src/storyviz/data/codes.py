@@ -18,7 +18,6 @@ from another data set or image size.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from storyviz.data.store import DataError, StoryData, open_dataset
+from storyviz.data.store import DataError, LazyH5, StoryData, open_dataset
 from storyviz.files import atomic_dir
 from storyviz.progress import progress
 from storyviz.registry import load_model, resolve_model_dir
@@ -141,7 +140,7 @@ class Codes:
         return f"Codes({str(self.path)!r}, grid={self.grid}, codebook_size={self.codebook_size})"
 
 
-class CodeSplit(Dataset):
+class CodeSplit(LazyH5, Dataset):
     """The codes of one split: `split[i]` -> int64 (L, h*w), the codes of story i; `array()` -> all (N, L, h*w)."""
 
     def __init__(self, path: str | Path):
@@ -152,19 +151,6 @@ class CodeSplit(Dataset):
             if "codes" not in handle:
                 raise CodesError(f"{self.path}: no dataset 'codes'")
             self.shape: tuple[int, ...] = tuple(handle["codes"].shape)
-        self._handle: h5py.File | None = None
-        self._pid: int | None = None
-
-    def _file(self) -> h5py.File:
-        if self._handle is None or self._pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._handle
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"], state["_pid"] = None, None  # each process opens its own handle
-        return state
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -178,11 +164,6 @@ class CodeSplit(Dataset):
     def array(self) -> np.ndarray:
         """All codes of the split, int64 (N, L, h*w) (a few MB for 10,000 stories)."""
         return self._file()["codes"][:].astype(np.int64)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 def check_codes_match(codes: Codes, data: StoryData) -> None:

@@ -234,7 +234,32 @@ class StoryData:
         return f"StoryData({str(self.path)!r}, splits={self.meta['splits']})"
 
 
-class StorySplit(Dataset):
+class LazyH5:
+    """An HDF5 file opened on first use in each process and never pickled open, so that DataLoader workers and
+    distributed training each read through their own handle. Subclasses set `self.path`."""
+
+    path: Path
+    _handle: h5py.File | None = None
+    _pid: int | None = None
+
+    def _file(self) -> h5py.File:
+        if self._handle is None or self._pid != os.getpid():
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"], state["_pid"] = None, None
+        return state
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+class StorySplit(LazyH5, Dataset):
     """The stories of one split, read lazily. `split[i]` -> dict:
 
     "frames" uint8 (L, H, W, 3); "captions" list[str] (L); "captions_pronoun" list[str] (L) or None;
@@ -247,26 +272,12 @@ class StorySplit(Dataset):
         self.meta = meta
         if not self.path.is_file():
             raise DataError(f"{self.path}: split file missing")
-        self._handle: h5py.File | None = None
-        self._pid: int | None = None
         with h5py.File(self.path, "r") as handle:
             if "frames" not in handle or "captions" not in handle:
                 raise DataError(f"{self.path}: not a storyviz split file (expected datasets 'frames', 'captions')")
             self._length = handle["frames"].shape[0]
             self.has_pronouns = "captions_pronoun" in handle
             self.heads = list(handle["labels"]) if "labels" in handle else []
-
-    def _file(self) -> h5py.File:
-        if self._handle is None or self._pid != os.getpid():
-            self._handle = h5py.File(self.path, "r")
-            self._pid = os.getpid()
-        return self._handle
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handle"] = None  # never pickle an open handle; each process opens its own
-        state["_pid"] = None
-        return state
 
     def __len__(self) -> int:
         return self._length
@@ -304,11 +315,6 @@ class StorySplit(Dataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for index in range(len(self)):
             yield self[index]
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
 
 
 class FrameSplit(Dataset):
