@@ -53,6 +53,11 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def resolve_model_dir(name_or_path: str | Path | None) -> Path:
     """Maps a bundled model name or a local folder to a folder; refuses hub names with a clear message."""
     if name_or_path is None:
+        if DEFAULT_MODEL not in bundled_models():
+            raise WeightsError(
+                f"the bundled default model {DEFAULT_MODEL!r} is not part of this storyviz yet; pass --model with a "
+                "model folder (for example a run's model/ from `storyviz train storydalle`)"
+            )
         name_or_path = DEFAULT_MODEL
     text = str(name_or_path)
     path = Path(text).expanduser()
