@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Reproduces the models storyviz ships, one target per command (each resumes where a stopped run left off):
+#   bash scripts/recipes.sh data            build data/sprites and data/digits (10,000 training items each)
+#   bash scripts/recipes.sh judges          train, certify and ship judge-sprites and judge-digits
+#   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1)
+#   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
+# WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/env.sh"
+WORK="${WORK:-$ROOT/work}"
+mkdir -p "$WORK/runs"
+
+train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an unfinished one
+    local task=$1 preset=$2 data=$3 run=$4
+    shift 4
+    if [ -f "$run/run.json" ]; then
+        python -m storyviz train "$task" --data "$data" --out "$run" --resume "$@"
+    else
+        python -m storyviz train "$task" --preset "$preset" --data "$data" --out "$run" "$@"
+    fi
+}
+
+data() {
+    [ -f "$WORK/data/sprites/meta.json" ] || python -m storyviz data build sprites --out "$WORK/data/sprites" --stories 10000
+    [ -f "$WORK/data/digits/meta.json" ] || python -m storyviz data build digits --out "$WORK/data/digits" --stories 10000
+}
+
+case "${1:-}" in
+    data) data ;;
+    judges)
+        data
+        for set in sprites digits; do
+            train judge small "$WORK/data/$set" "$WORK/runs/judge-$set"
+            python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
+        done ;;
+    vqgan-sprites) data; train vqgan small "$WORK/data/sprites" "$WORK/runs/vqgan-sprites" ;;
+    arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
+    *) sed -n '2,8p' "$0"; exit 2 ;;
+esac
