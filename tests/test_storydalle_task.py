@@ -9,7 +9,7 @@ from storyviz.data.codes import tokenize_dataset
 from storyviz.data.store import open_dataset
 from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
-from storyviz.pipelines.storydalle import StoryDallePipeline, fit_frame
+from storyviz.pipelines.storydalle import StoryDallePipeline
 from storyviz.training.loop import train
 from storyviz.training.tasks.storydalle import StoryDalleTask
 from storyviz.weights import WeightsError
@@ -110,11 +110,3 @@ def test_bad_requests_are_refused_with_a_reason(trained):
         pipeline.generate([StoryRequest(["x"] * 9)], SamplingOptions())
     with pytest.raises(WeightsError, match="expected 'storydalle-bundle'"):
         StoryDallePipeline.from_pretrained(model_dir / "transformer")
-
-
-def test_fit_frame_scales_and_centre_crops():
-    frame = np.zeros((40, 80, 3), dtype=np.uint8)
-    frame[:, 20:60] = 255  # the centre square is white
-    fitted = fit_frame(frame, 16)
-    assert fitted.shape == (16, 16, 3)
-    assert fitted.min() > 200

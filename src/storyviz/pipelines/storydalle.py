@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from storyviz.convert.bundle import read_bundle_config
+from storyviz.data.formats.common import square_resize
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryRequest, StoryResult
 from storyviz.pipelines.dalle import DallePipeline, GenerationError
 from storyviz.registry import load_model
@@ -30,16 +30,6 @@ from storyviz.text import TextTokenizer
 from storyviz.weights import WeightsError
 
 STORYDALLE_BUNDLE = "storydalle-bundle"
-
-
-def fit_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) of any size -> (size, size, 3): scaled so the short side fits, then centre-cropped."""
-    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)).convert("RGB")
-    scale = size / min(image.size)
-    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((width, height), Image.Resampling.LANCZOS)
-    left, top = (width - size) // 2, (height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -97,7 +87,7 @@ class StoryDallePipeline(DallePipeline):
 
     def encode_source(self, frames: list[np.ndarray]) -> torch.Tensor:
         """Source frames uint8 (H, W, 3), any size -> codes (B, N)."""
-        fitted = np.stack([fit_frame(frame, self.image_size) for frame in frames])
+        fitted = np.stack([square_resize(np.asarray(frame), self.image_size) for frame in frames])
         images = torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
         return self.image_tokenizer.encode(images).reshape(len(frames), -1)
 
