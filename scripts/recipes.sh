@@ -34,7 +34,7 @@ case "${1:-}" in
             train judge small "$WORK/data/$set" "$WORK/runs/judge-$set"
             python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
         done ;;
-    vqgan-sprites) data; train vqgan small "$WORK/data/sprites" "$WORK/runs/vqgan-sprites" ;;
+    vqgan-sprites) data; train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     *) sed -n '2,8p' "$0"; exit 2 ;;
 esac
