@@ -4,6 +4,7 @@
 #   bash scripts/recipes.sh judges          train, certify and ship judge-sprites and judge-digits
 #   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
+#   bash scripts/recipes.sh arldm           train ARLDM on sprites (after arldm-vae)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,5 +37,8 @@ case "${1:-}" in
         done ;;
     vqgan-sprites) data; train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
-    *) sed -n '2,8p' "$0"; exit 2 ;;
+    arldm)
+        [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
+        train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" ;;
+    *) sed -n '2,9p' "$0"; exit 2 ;;
 esac
