@@ -40,5 +40,5 @@ case "${1:-}" in
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
         train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" ;;
-    *) sed -n '2,9p' "$0"; exit 2 ;;
+    *) sed -n '2,8p' "$0"; exit 2 ;;
 esac
