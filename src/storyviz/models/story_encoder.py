@@ -4,7 +4,7 @@
 
 f_self is one or more pre-LN self-attention layers over the L frames, bidirectional (every frame sees the whole
 story) or causal (frame j sees captions 1..j, as in the released code). The paper describes the sinusoidal
-positions; the released code has none (`sinusoidal_positions=False` reproduces that).
+positions; the released code has none and no final LayerNorm (`sinusoidal_positions=False, final_norm=False`).
 
 Sentence embeddings come from the packaged MiniLM (384-d, computed once per caption and cached by the caller,
 see storyviz.text.minilm) or, with `ScratchSentenceEncoder`, from a small encoder trained with the model.
@@ -31,6 +31,7 @@ class StoryEncoderConfig(Config):
     heads: int = 4
     causal: bool = False
     sinusoidal_positions: bool = True
+    final_norm: bool = True  # a LayerNorm on the story tokens (the released code has none)
     max_frames: int = 8
     # the scratch sentence encoder: a small transformer over the model's own text tokens, mean-pooled
     scratch_vocab_size: int = 0  # set to the text vocabulary size when sentences == "scratch"
@@ -57,7 +58,7 @@ class StoryEncoder(nn.Module):
         self.proj = nn.Linear(config.sentence_dim, width)
         self.register_buffer("positions", sinusoidal_positions(config.max_frames, width), persistent=False)
         self.blocks = nn.ModuleList(Block(width, config.heads) for _ in range(config.layers))
-        self.ln = nn.LayerNorm(width)
+        self.ln = nn.LayerNorm(width) if config.final_norm else nn.Identity()
 
     def forward(self, sentences: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor:
         """sentences (S, L, E); frames_valid (S, L) bool for stories shorter than L (None: all valid)."""

@@ -98,8 +98,14 @@ class StoryDallePipeline(DallePipeline):
             ids = self.tokenizer.encode(captions).ids.to(self.device)
             return self.model.sentence_embeddings(ids, ids != self.model.config.dalle.pad_id)
         if self._minilm is None:
-            from storyviz.text.minilm import MiniLM
+            from storyviz.text.minilm import HIDDEN_SIZE, MiniLM
 
+            if config.sentence_dim != HIDDEN_SIZE:
+                raise GenerationError(
+                    f"this model's story encoder reads {config.sentence_dim}-d sentence embeddings (an imported "
+                    f"release reads the Universal Sentence Encoder's, which storyviz cannot compute offline), not "
+                    f"MiniLM's {HIDDEN_SIZE}-d ones, so it cannot generate stories as it is"
+                )
             self._minilm = MiniLM()
         return self._minilm.sentence_embeddings(captions).to(self.device)
 
