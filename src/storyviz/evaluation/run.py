@@ -110,10 +110,7 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
 @torch.inference_mode()
 def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray) -> np.ndarray:
     images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode"):
-        decoded = tokenizer.decode(tokenizer.encode(images))
-    else:
-        decoded = tokenizer(images)[0]
+    decoded = tokenizer.decode(tokenizer.encode(images))  # every first stage has encode / decode
     return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

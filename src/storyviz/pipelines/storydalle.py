@@ -38,6 +38,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class StoryDallePipeline(DallePipeline):
+    """Shares DallePipeline's option mapping (`sampling_config`) and `describe`; everything else is its own."""
+
     model_type = STORYDALLE_BUNDLE
     supports_continuation = True
 
