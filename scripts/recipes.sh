@@ -5,6 +5,8 @@
 #   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train ARLDM on sprites (after arldm-vae)
+#   bash scripts/recipes.sh dalle-digits    digits: VQGAN, codes, then the minimal DALL-E
+#   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +22,10 @@ train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an 
     else
         python -m storyviz train "$task" --preset "$preset" --data "$data" --out "$run" "$@"
     fi
+}
+
+codes() {  # codes DATA TOKENIZER_RUN OUT: every frame's image codes, once
+    [ -f "$3/meta.json" ] || python -m storyviz data tokenize --tokenizer "$2/model" --data "$1" --out "$3"
 }
 
 data() {
@@ -40,5 +46,16 @@ case "${1:-}" in
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
         train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" ;;
-    *) sed -n '2,8p' "$0"; exit 2 ;;
+    dalle-digits)
+        data
+        train vqgan small "$WORK/data/digits" "$WORK/runs/vqgan-digits"
+        codes "$WORK/data/digits" "$WORK/runs/vqgan-digits" "$WORK/codes/digits"
+        train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits" ;;
+    storydalle)
+        [ -d "$WORK/runs/vqgan-sprites-f4/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
+        codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4" "$WORK/codes/sprites"
+        train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites"
+        train storydalle small "$WORK/data/sprites" "$WORK/runs/storydalle-sprites" \
+            --set "model.pretrained=$WORK/runs/dalle-sprites/model" --set "model.codes=$WORK/codes/sprites" ;;
+    *) sed -n '2,10p' "$0"; exit 2 ;;
 esac
