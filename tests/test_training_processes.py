@@ -6,7 +6,6 @@ Each test launches `python -m storyviz train toy ...` (or torchrun) as a subproc
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,12 +37,6 @@ def command(run_dir, *extra):
     return base + ["--out", str(run_dir), *MODEL_SETS, *extra]
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
@@ -62,7 +55,8 @@ def wait_for_step(process, run_dir, step, timeout=60.0):
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     sets = ["--steps", "12", "--set", "train.batch_size=8", "--set", "train.grad_accum=2", "--set", "log_every=1"]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    # --standalone: torchrun picks a free rendezvous port itself (no race with a port chosen here)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     two = command(tmp_path / "two", *sets)
     result = subprocess.run(launcher + ["-m"] + two[2:], env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
