@@ -74,7 +74,7 @@ def test_sampling_controls_are_checked():
 
 
 def test_run_story_writes_the_story_and_repeats_with_the_seed(tmp_path):
-    from test_demo_browser import tiny_storydalle
+    from tiny_models import tiny_storydalle
 
     pipeline = load_pipeline(tiny_storydalle(tmp_path / "model"))
     source = character_gallery(pipeline.image_size)[2]

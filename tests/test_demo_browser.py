@@ -14,15 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
-from storyviz.data.build import build
-from storyviz.data.codes import tokenize_dataset
 from storyviz.files import atomic_file
-from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
-from storyviz.training.loop import train
-from storyviz.training.tasks.storydalle import StoryDalleTask
+from tiny_models import tiny_storydalle
 
 pytestmark = pytest.mark.browser
 
@@ -35,30 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-TOKENIZER = VQGANConfig(
-    resolution=32,
-    ch=8,
-    ch_mult=(1, 2, 2, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=8,
-    num_groups=4,
-    n_embed=32,
-    embed_dim=8,
-)
-
-
-def tiny_storydalle(root: Path) -> Path:
-    """A tiny real StoryDALL-E bundle trained for a few steps on 4 sprites stories at 32 px (as in
-    tests/test_storydalle_task.py)."""
-    build("sprites", root / "data", count=4, size=32, seed=0)
-    torch.manual_seed(0)
-    VQGAN(TOKENIZER).save_pretrained(root / "vqgan")
-    tokenize_dataset(root / "vqgan", root / "data", root / "codes")
-    config = StoryDalleTask.model_presets["tiny"].replace(
-        image_tokenizer=str(root / "vqgan"), codes=str(root / "codes")
-    )
-    return train("storydalle", config, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "run")
 
 
 def free_port() -> int:

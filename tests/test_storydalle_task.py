@@ -4,40 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from storyviz.data.build import build
-from storyviz.data.codes import tokenize_dataset
 from storyviz.data.store import open_dataset
-from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.storydalle import StoryDallePipeline
-from storyviz.training.loop import train
-from storyviz.training.tasks.storydalle import StoryDalleTask
 from storyviz.weights import WeightsError
-
-TOKENIZER = VQGANConfig(
-    resolution=32,
-    ch=8,
-    ch_mult=(1, 2, 2, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=8,
-    num_groups=4,
-    n_embed=32,
-    embed_dim=8,
-)
+from tiny_models import tiny_storydalle
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("storydalle")
-    build("sprites", root / "data", count=4, size=32, seed=0)
-    torch.manual_seed(0)
-    VQGAN(TOKENIZER).save_pretrained(root / "vqgan")
-    tokenize_dataset(root / "vqgan", root / "data", root / "codes")
-    config = StoryDalleTask.model_presets["tiny"].replace(
-        image_tokenizer=str(root / "vqgan"), codes=str(root / "codes")
-    )
-    model_dir = train("storydalle", config, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "run")
+    model_dir = tiny_storydalle(root)
     return root, model_dir
 
 

@@ -56,7 +56,8 @@ class CrossAttention(nn.Module):
 class CrossBlock(Block):
     """A DALL-E block with a cross-attention sub-layer between self-attention and the MLP.
 
-    Extra keyword arguments of `forward` (passed through the model's `run_blocks`):
+    Block.forward calls `after_attention` between self-attention and the MLP with the extra keyword arguments
+    passed through the model's `run_blocks`:
         context        (B, S, D) source-frame embeddings, or None (no source: the sub-layer is skipped)
         context_rows   (B,) bool: rows that have a source frame (others get no cross-attention output), or None
         cross_from     absolute position from which outputs are applied (prefix + text length - 1)
@@ -67,11 +68,9 @@ class CrossBlock(Block):
         super().__init__(width, heads, mlp_ratio, **block_kwargs)
         self.cross = CrossAttention(width, heads, gated)
 
-    def forward(
+    def after_attention(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        causal: bool = False,
         cache: KVCache | None = None,
         layer: int = 0,
         start: int = 0,
@@ -80,11 +79,9 @@ class CrossBlock(Block):
         cross_from: int = 0,
         **extra,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask=mask, causal=causal, cache=cache, layer=layer)
-        if context is not None:
-            x = x + self._cross(x, context, context_rows, cross_from, cache, layer, start)
-        y = self.mlp(self.ln2(x))
-        return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+        if context is None:
+            return x
+        return x + self._cross(x, context, context_rows, cross_from, cache, layer, start)
 
     def _cross(self, x, context, context_rows, cross_from, cache, layer, start) -> torch.Tensor:
         if cache is not None and layer in cache.context:

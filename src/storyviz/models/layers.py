@@ -149,8 +149,13 @@ class Block(nn.Module):
         **extra,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), mask=mask, causal=causal, cache=cache, layer=layer)
+        x = self.after_attention(x, cache=cache, layer=layer, start=start, **extra)
         y = self.mlp(self.ln2(x))
         return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
+
+    def after_attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """A sub-layer between self-attention and the MLP; none here (StoryDALL-E's CrossBlock adds one)."""
+        return x
 
 
 def causal_padding_mask(key_valid: torch.Tensor, start: int, length: int) -> torch.Tensor:

@@ -188,19 +188,18 @@ _VQGAN_TASK_PRESETS = {
 }
 
 
+_CPU_VQGAN_TRAINING = TrainConfig(
+    steps=3000, batch_size=16, lr=3e-4, warmup_steps=100, weight_decay=0.0, sample_every=250, checkpoint_every=500
+)
+
+
 class VQGANTask(Task):
     name = "vqgan"
     model_presets = _VQGAN_TASK_PRESETS
     train_presets = {
         "tiny": TrainConfig(steps=20, batch_size=4, lr=1e-3, warmup_steps=2, log_every=5, checkpoint_every=0),
-        "small": TrainConfig(
-            steps=3000, batch_size=16, lr=3e-4, warmup_steps=100, weight_decay=0.0, sample_every=250,
-            checkpoint_every=500,
-        ),
-        "small-f4": TrainConfig(
-            steps=3000, batch_size=16, lr=3e-4, warmup_steps=100, weight_decay=0.0, sample_every=250,
-            checkpoint_every=500,
-        ),
+        "small": _CPU_VQGAN_TRAINING,
+        "small-f4": _CPU_VQGAN_TRAINING,
         "mindalle": TrainConfig(
             steps=200000, batch_size=64, lr=4.5e-6 * 64, warmup_steps=1000, weight_decay=0.0, betas=(0.5, 0.9),
             precision="bf16", sample_every=1000, checkpoint_every=5000,
