@@ -236,6 +236,22 @@ def test_steps_on_resume(tmp_path):
         train("toy", MODEL, FAST.replace(steps=4), "synthetic", run, resume=True)
 
 
+def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
+    first = tmp_path / "first"
+    train("toy", MODEL, FAST.replace(steps=5), "synthetic", first)
+    trained = weights(first / "model")
+    # at lr 0 the new run's exported model is exactly the weights it started from
+    second = tmp_path / "second"
+    train("toy", MODEL, FAST.replace(steps=1, lr=0.0, init_from=str(first / "model")), "synthetic", second)
+    assert_same_weights(trained, weights(second / "model"))
+    # a fresh run of the same seed starts elsewhere, so the weights above came from init_from
+    fresh = tmp_path / "fresh"
+    train("toy", MODEL, FAST.replace(steps=1, lr=0.0), "synthetic", fresh)
+    assert any(not torch.equal(trained[k], v) for k, v in weights(fresh / "model").items())
+    with pytest.raises(ConfigError, match=r"init_from .*fields \['hidden'\]"):
+        train("toy", MODEL.replace(hidden=4), FAST.replace(init_from=str(first / "model")), "synthetic", tmp_path / "x")
+
+
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     run = tmp_path / "run"
     train("toy", MODEL, FAST.replace(steps=8, checkpoint_every=4), "synthetic", run)  # checkpoints at 4 and 8

@@ -61,7 +61,7 @@ from storyviz.training.ema import EMA
 from storyviz.training.monitor import Monitor
 from storyviz.training.schedule import lr_at
 from storyviz.training.task import Task, TrainConfig, task_class
-from storyviz.weights import load_state_dict_strict
+from storyviz.weights import WEIGHTS_NAME, load_state_dict_strict, read_safetensors, read_weights_config
 
 
 class TrainingInterrupted(Exception):
@@ -156,6 +156,8 @@ class _Run:
         if checkpoint is not None:
             self._restore(checkpoint)
         else:
+            if config.init_from:
+                self._initialise(Path(config.init_from))
             seed_everything(config.seed + dist_info.rank)  # per-process randomness (dropout, noise)
         if self.step > config.steps:
             raise ConfigError(f"{run_dir}: the run is at step {self.step}, past the requested steps={config.steps}")
@@ -178,6 +180,24 @@ class _Run:
             path = str(found.path) if found else None
         path = self.dist.broadcast(path)
         return read_checkpoint(path) if path else None
+
+    def _initialise(self, source: Path) -> None:
+        """Loads the model weights of a model folder or checkpoint (train.init_from) into the new run."""
+        found = read_weights_config(source)
+        expected = json.loads(json.dumps(self.model.config.to_dict()))
+        if found["model_type"] != self.model.model_type or found["config"] != expected:
+            changed = sorted(k for k in expected if expected.get(k) != found["config"].get(k))
+            raise ConfigError(
+                f"train.init_from {source}: a {found['model_type']!r} model whose config differs from this run's "
+                f"{self.model.model_type!r} model (fields {changed or 'model_type'})"
+            )
+        own = self.model.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own else v for k, v in read_safetensors(source / WEIGHTS_NAME).items()}
+        load_state_dict_strict(self.model, state, str(source / WEIGHTS_NAME))
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.config.ema_decay)
+        if self.dist.is_main:
+            print(f"initialised {self.task_name} from {source}", flush=True)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         # the model's own config (a task config may extend it with loss settings that are not exported)
