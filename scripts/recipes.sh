@@ -2,7 +2,7 @@
 # Reproduces the models storyviz ships, one target per command (each resumes where a stopped run left off):
 #   bash scripts/recipes.sh data            build data/sprites and data/digits (10,000 training items each)
 #   bash scripts/recipes.sh judges          train, certify and ship judge-sprites and judge-digits
-#   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1)
+#   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1): L1/L2, then the discriminator
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train ARLDM on sprites (after arldm-vae)
 #   bash scripts/recipes.sh dalle-digits    digits: VQGAN, codes, then the minimal DALL-E
@@ -41,7 +41,12 @@ case "${1:-}" in
             train judge small "$WORK/data/$set" "$WORK/runs/judge-$set"
             python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
         done ;;
-    vqgan-sprites) data; train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4" ;;
+    vqgan-sprites)
+        data
+        train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4"
+        train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" --steps 2000 \
+            --set model.disc_weight=0.2 --set "train.init_from=$WORK/runs/vqgan-sprites-f4/model" \
+            --set train.lr=1e-4 --set train.warmup_steps=50 ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
@@ -52,8 +57,8 @@ case "${1:-}" in
         codes "$WORK/data/digits" "$WORK/runs/vqgan-digits" "$WORK/codes/digits"
         train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits" ;;
     storydalle)
-        [ -d "$WORK/runs/vqgan-sprites-f4/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
-        codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4" "$WORK/codes/sprites"
+        [ -d "$WORK/runs/vqgan-sprites-f4-gan/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
+        codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" "$WORK/codes/sprites"
         train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites"
         train storydalle small "$WORK/data/sprites" "$WORK/runs/storydalle-sprites" \
             --set "model.pretrained=$WORK/runs/dalle-sprites/model" --set "model.codes=$WORK/codes/sprites" ;;

@@ -11,6 +11,7 @@ from storyviz.evaluation.metrics import (
     char_f1,
     frame_acc,
     heldout_accuracy,
+    judge_agreement,
     judge_metrics,
     label_acc,
     setting_acc,
@@ -106,6 +107,18 @@ def test_judge_metrics_picks_what_applies():
     assert metrics == {"digit_acc": 0.5, "color_acc": 1.0, "background_acc": 0.0}
     with pytest.raises(ValueError, match="setting"):
         judge_metrics({"characters": PRED}, stories)
+
+
+def test_judge_agreement_needs_every_identity_head_to_match():
+    # characters match on frames 2 and 3 only; the setting differs on frame 2: one frame of 4 agrees
+    reference = {"characters": TRUE, "setting": np.array([0, 1, 2, 1]), "left.body": np.array([1, 1, 1, 1])}
+    read = {"characters": PRED, "setting": np.array([0, 1, 0, 1]), "left.body": np.array([0, 0, 0, 0])}
+    assert judge_agreement(read, reference) == pytest.approx(1 / 4)  # slot heads are not identity heads
+    assert judge_agreement(reference, reference) == 1.0
+    digits = {"digit": np.array([3, 4]), "colour": np.array([0, 1]), "background": np.array([2, 2])}
+    assert judge_agreement({**digits, "background": np.array([2, 0])}, digits) == 0.5
+    with pytest.raises(ValueError, match="no identity head"):
+        judge_agreement({"left.body": np.array([1])}, {"left.body": np.array([1])})
 
 
 def test_by_position_and_heldout_accuracy():

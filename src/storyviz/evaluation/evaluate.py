@@ -10,6 +10,10 @@
   generator that ignores the story would reach at this sample size), else they are a random derangement of the
   evaluated stories (then FID is 0 and left out). `info["shuffled_from"]` says which.
 
+judge_agreement (generated and shuffled rows): the share of frames the judge reads as it reads the real frames
+they stand for (who and where); for a tokenizer's reconstructions this is "the same characters and setting as
+the originals".
+
 Every row is computed over the generated positions only; `by_frame` breaks the judge metrics down by frame
 position (frame 2, 3, 4, 5 of a story; 1-based).
 """
@@ -24,7 +28,7 @@ import numpy as np
 
 from storyviz.evaluation.fid import FID_RESOLUTION, InceptionFeatures, fid_from_features
 from storyviz.evaluation.judges import check_heads, judge_frames
-from storyviz.evaluation.metrics import by_position, judge_metrics
+from storyviz.evaluation.metrics import by_position, judge_agreement, judge_metrics
 from storyviz.evaluation.samples import SamplesError, read_samples
 from storyviz.models.judge import Judge
 from storyviz.progress import progress
@@ -159,12 +163,14 @@ def evaluate_samples(
         "generated_size": list(np.asarray(generated[0]).shape[:2]),
     }
     if judge is not None:
-        features = {}
+        features, readings = {}, {}
         for row, frames in row_frames.items():
-            predictions, features[row] = judge_frames(judge, frames)
-            rows[row].update(judge_metrics(predictions, truth))
+            readings[row], features[row] = judge_frames(judge, frames)
+            rows[row].update(judge_metrics(readings[row], truth))
             if len(set(positions.tolist())) > 1:
-                by_frame[row] = by_position(predictions, truth, positions)
+                by_frame[row] = by_position(readings[row], truth, positions)
+        for row in ("generated", "shuffled"):
+            rows[row]["judge_agreement"] = judge_agreement(readings[row], readings["real"])
         rows["generated"]["fid_judge"] = _fid(features["generated"], features["real"])
         if shuffled_from == "other stories":
             rows["shuffled"]["fid_judge"] = _fid(features["shuffled"], features["real"])

@@ -5,8 +5,9 @@ is an int array (N,) with -1 = unknown. Frames whose truth is unknown are left o
 frames is NaN (reported as null), never a made-up number.
 
 Metric names used in reports (exactly): char_f1, frame_acc, setting_acc, appearance_consistency, fid_inception,
-fid_judge, digit_acc, color_acc, background_acc. `judge_metrics` maps a data set's label heads to the first four
-and the digits ones; FID lives in storyviz.evaluation.fid.
+fid_judge, digit_acc, color_acc, background_acc, judge_agreement. `judge_metrics` maps a data set's label heads to
+the first four and the digits ones; `judge_agreement` compares the judge's reading of two sets of frames (a
+tokenizer's reconstructions with the originals); FID lives in storyviz.evaluation.fid.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ METRIC_NAMES = (
     "digit_acc",
     "color_acc",
     "background_acc",
+    "judge_agreement",
 )
+# the heads that say what a frame shows (who and where; which digit, colour and background), for judge_agreement
+IDENTITY_HEADS = ("characters", "setting", "digit", "colour", "background")
 
 
 def _multi_hot(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,6 +89,24 @@ def label_acc(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 setting_acc = label_acc
+
+
+def judge_agreement(pred: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    """Share of frames that the judge reads exactly as it reads the reference frames on every identity head
+    present (IDENTITY_HEADS: the whole character set and the setting on sprites; digit, colour and background on
+    digits). pred, reference: the judge's predictions {head: (N, C) multi-hot or (N,) int} on the same N frames.
+    """
+    heads = [head for head in IDENTITY_HEADS if head in pred and head in reference]
+    if not heads:
+        raise ValueError(f"no identity head ({', '.join(IDENTITY_HEADS)}) among {sorted(pred)}")
+    same = None
+    for head in heads:
+        a, b = np.asarray(pred[head]), np.asarray(reference[head])
+        if a.shape != b.shape:
+            raise ValueError(f"head {head!r}: predictions of shape {a.shape} and {b.shape}")
+        equal = np.all(a == b, axis=1) if a.ndim == 2 else a == b
+        same = equal if same is None else same & equal
+    return float(np.mean(same)) if len(same) else float("nan")
 
 
 def slot_tuples(labels: dict[str, np.ndarray], slots: Sequence[str] = SLOTS) -> list[Counter]:
