@@ -2,19 +2,43 @@
 
     python scripts/ship_model.py RUN/model NAME [--data DATA]
 
-Judges are measured again on the held-out split of DATA after the conversion (their config.json keeps the
-accuracy the shipped weights reach).
+A bundle (DALL-E, StoryDALL-E) is copied part by part: each part with weights in float16, the text tokenizer
+as it is. Judges are measured again on the held-out split of DATA after the conversion (their config.json keeps
+the accuracy the shipped weights reach).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 from pathlib import Path
 
+from storyviz.files import atomic_dir
 from storyviz.registry import ASSETS, load_model
-from storyviz.weights import read_weights_config
+from storyviz.weights import CONFIG_NAME, WEIGHTS_NAME, read_weights_config
 
 KEEP = ("training_step", "ema", "data")
+
+
+def ship_weights(source: Path, out: Path) -> None:
+    """One self-describing weights folder, in float16."""
+    info = read_weights_config(source)
+    model = load_model(source).half()
+    model.save_pretrained(out, extra={**{k: info[k] for k in KEEP if k in info}, "weights_dtype": "float16"})
+
+
+def ship_bundle(source: Path, out: Path) -> None:
+    """A bundle folder: its config.json, every weights part in float16, other parts copied."""
+    parts = read_weights_config(source)["config"]["parts"]
+    with atomic_dir(out) as tmp:
+        for folder in parts.values():
+            if (source / folder / WEIGHTS_NAME).is_file():
+                ship_weights(source / folder, tmp / folder)
+            else:
+                shutil.copytree(source / folder, tmp / folder)
+        payload = json.loads((source / CONFIG_NAME).read_text())
+        (tmp / CONFIG_NAME).write_text(json.dumps({**payload, "weights_dtype": "float16"}, indent=2, sort_keys=True))
 
 
 def main() -> None:
@@ -23,10 +47,12 @@ def main() -> None:
     parser.add_argument("name", help="bundled model name")
     parser.add_argument("--data", help="data set for re-measuring a judge")
     args = parser.parse_args()
-    info = read_weights_config(args.source)
-    out = ASSETS / "models" / args.name
-    model = load_model(args.source).half()
-    model.save_pretrained(out, extra={**{k: info[k] for k in KEEP if k in info}, "weights_dtype": "float16"})
+    source, out = Path(args.source), ASSETS / "models" / args.name
+    info = read_weights_config(source)
+    if info["model_type"].endswith("-bundle"):
+        ship_bundle(source, out)
+    else:
+        ship_weights(source, out)
     if info["model_type"] == "judge":
         if not args.data:
             raise SystemExit("a judge needs --data to be measured again after the conversion")
