@@ -5,7 +5,7 @@
 #   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1): L1/L2, then the discriminator
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train ARLDM on sprites (after arldm-vae)
-#   bash scripts/recipes.sh dalle-digits    digits: VQGAN, codes, then the minimal DALL-E
+#   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E
 #   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
 set -euo pipefail
@@ -28,6 +28,12 @@ codes() {  # codes DATA TOKENIZER_RUN OUT: every frame's image codes, once
     [ -f "$3/meta.json" ] || python -m storyviz data tokenize --tokenizer "$2/model" --data "$1" --out "$3"
 }
 
+vqgan() {  # vqgan PRESET SET RUN GAN_STEPS: 3000 steps of L1/L2, then GAN_STEPS with the discriminator (RUN-gan)
+    train vqgan "$1" "$WORK/data/$2" "$3"
+    train vqgan "$1" "$WORK/data/$2" "$3-gan" --steps "$4" --set model.disc_weight=0.2 \
+        --set "train.init_from=$3/model" --set train.lr=1e-4 --set train.warmup_steps=50
+}
+
 data() {
     [ -f "$WORK/data/sprites/meta.json" ] || python -m storyviz data build sprites --out "$WORK/data/sprites" --stories 10000
     [ -f "$WORK/data/digits/meta.json" ] || python -m storyviz data build digits --out "$WORK/data/digits" --stories 10000
@@ -41,25 +47,22 @@ case "${1:-}" in
             train judge small "$WORK/data/$set" "$WORK/runs/judge-$set"
             python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
         done ;;
-    vqgan-sprites)
-        data
-        train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4"
-        train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" --steps 2000 \
-            --set model.disc_weight=0.2 --set "train.init_from=$WORK/runs/vqgan-sprites-f4/model" \
-            --set train.lr=1e-4 --set train.warmup_steps=50 ;;
+    vqgan-sprites) data; vqgan small-f4 sprites "$WORK/runs/vqgan-sprites-f4" 2000 ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
         train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" ;;
     dalle-digits)
         data
-        train vqgan small "$WORK/data/digits" "$WORK/runs/vqgan-digits"
-        codes "$WORK/data/digits" "$WORK/runs/vqgan-digits" "$WORK/codes/digits"
+        vqgan small digits "$WORK/runs/vqgan-digits" 1000
+        codes "$WORK/data/digits" "$WORK/runs/vqgan-digits-gan" "$WORK/codes/digits"
         train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits" ;;
     storydalle)
         [ -d "$WORK/runs/vqgan-sprites-f4-gan/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
         codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" "$WORK/codes/sprites"
-        train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites"
+        # 16x16 codes per frame (4x the digits' 8x8): batches of 16 frames keep a step near a second on one core
+        train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites" \
+            --steps 3000 --set train.batch_size=16
         train storydalle small "$WORK/data/sprites" "$WORK/runs/storydalle-sprites" \
             --set "model.pretrained=$WORK/runs/dalle-sprites/model" --set "model.codes=$WORK/codes/sprites" ;;
     *) sed -n '2,10p' "$0"; exit 2 ;;
