@@ -24,7 +24,7 @@ from storyviz.training.checkpoint import list_checkpoints, read_checkpoint, rng_
 from storyviz.training.configure import resolve_run, split_overrides
 from storyviz.training.distributed import ResumableBatchSampler
 from storyviz.training.ema import EMA
-from storyviz.training.loop import NonFiniteLoss, TrainingInterrupted, build_optimizer, train
+from storyviz.training.loop import NonFiniteLoss, TrainingInterrupted, build_optimizer, export_checkpoint, train
 from storyviz.training.monitor import read_metrics
 from storyviz.training.schedule import lr_at
 from storyviz.training.task import TrainConfig
@@ -250,6 +250,19 @@ def test_init_from_starts_a_new_run_from_trained_weights(tmp_path):
     assert any(not torch.equal(trained[k], v) for k, v in weights(fresh / "model").items())
     with pytest.raises(ConfigError, match=r"init_from .*fields \['hidden'\]"):
         train("toy", MODEL.replace(hidden=4), FAST.replace(init_from=str(first / "model")), "synthetic", tmp_path / "x")
+
+
+def test_export_checkpoint_equals_the_runs_own_export(tmp_path, capsys):
+    run = tmp_path / "run"
+    train("toy", MODEL, FAST.replace(ema_decay=0.8), "synthetic", run)  # checkpoints at 5 and 10; EMA exported
+    assert main(["export", str(run), "--out", str(tmp_path / "newest")]) == 0
+    assert_same_weights(weights(run / "model"), weights(tmp_path / "newest"))
+    earlier = export_checkpoint(run, tmp_path / "five", "step-0000005")
+    assert json.loads((earlier / "config.json").read_text())["training_step"] == 5
+    assert any(not torch.equal(v, weights(run / "model")[k]) for k, v in weights(earlier).items())
+    capsys.readouterr()
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "no run.json" in capsys.readouterr().err
 
 
 def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):

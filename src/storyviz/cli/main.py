@@ -13,6 +13,7 @@ from storyviz.progress import set_quiet
 COMMANDS = {
     "data": "data",
     "train": "train",
+    "export": "export",
     "generate": "generate",
     "evaluate": "evaluate",
     "demo": "demo",

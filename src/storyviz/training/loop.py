@@ -123,6 +123,37 @@ def train(
         shutdown_distributed(dist_info)
 
 
+def export_checkpoint(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Exports a checkpoint of a run as the task would export its final model (a bundle for DALL-E and
+    StoryDALL-E, with the EMA weights when the run keeps them), so that `storyviz generate` and `storyviz
+    evaluate` can use a run before it ends. `checkpoint`: a checkpoint folder or its name (default: the newest)."""
+    from storyviz.training.configure import resolve_run
+
+    run_dir = Path(run_dir)
+    recorded = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else None
+    if recorded is None:
+        raise ConfigError(f"{run_dir}: no run.json; is this a run folder of `storyviz train`?")
+    if checkpoint is None:
+        found = newest_checkpoint(run_dir)
+        if found is None:
+            raise ConfigError(f"{run_dir}: no readable checkpoint")
+    else:
+        path = Path(checkpoint)
+        found = read_checkpoint(path if path.is_dir() else run_dir / "checkpoints" / path)
+    spec = resolve_run(recorded["task"], None, None, run_dir, resume=True)
+    task = spec.task(spec.model_config, spec.data)
+    model = task.build_model()
+    load_model_state(model, found)
+    ema = found.state.get("ema")
+    if ema is not None:
+        tracker = EMA(model, 0.0)
+        tracker.load_state_dict(ema)
+        tracker.copy_to(model)
+    out = Path(out)
+    task.export(model, out, {"training_step": found.step, "ema": ema is not None, "checkpoint": str(found.path)})
+    return out
+
+
 class _Run:
     """One call of `train`: set-up, the loop, checkpoints; split in methods to keep each short."""
 
