@@ -7,6 +7,7 @@
 #   bash scripts/recipes.sh arldm           train ARLDM on sprites (after arldm-vae)
 #   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E
 #   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites)
+#   bash scripts/recipes.sh storydalle-ablations   no cross-attention, no story encoder, prompt tuning (after storydalle)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +33,13 @@ vqgan() {  # vqgan PRESET SET RUN GAN_STEPS: 3000 steps of L1/L2, then GAN_STEPS
     train vqgan "$1" "$WORK/data/$2" "$3"
     train vqgan "$1" "$WORK/data/$2" "$3-gan" --steps "$4" --set model.disc_weight=0.2 \
         --set "train.init_from=$3/model" --set train.lr=1e-4 --set train.warmup_steps=50
+}
+
+storydalle() {  # storydalle PRESET RUN_NAME [args...]: adapt the sprites DALL-E to stories
+    local preset=$1 run=$2
+    shift 2
+    train storydalle "$preset" "$WORK/data/sprites" "$WORK/runs/$run" \
+        --set "model.pretrained=$WORK/runs/dalle-sprites/model" --set "model.codes=$WORK/codes/sprites" "$@"
 }
 
 data() {
@@ -63,7 +71,10 @@ case "${1:-}" in
         # 16x16 codes per frame (4x the digits' 8x8): batches of 16 frames keep a step near a second on one core
         train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites" \
             --steps 3000 --set train.batch_size=16
-        train storydalle small "$WORK/data/sprites" "$WORK/runs/storydalle-sprites" \
-            --set "model.pretrained=$WORK/runs/dalle-sprites/model" --set "model.codes=$WORK/codes/sprites" ;;
+        storydalle small storydalle-sprites ;;
+    storydalle-ablations)  # after storydalle: the same adaptation without each new part, and prompt tuning
+        storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
+        storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
+        storydalle small-prompt storydalle-prompt ;;
     *) sed -n '2,10p' "$0"; exit 2 ;;
 esac

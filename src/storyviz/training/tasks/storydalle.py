@@ -77,11 +77,16 @@ class StoryDalleTask(Task):
     model_presets = {
         "tiny": StoryDalleTaskConfig(model=MODEL_PRESETS["tiny"], vocab_size=64),
         "small": StoryDalleTaskConfig(),
+        "small-prompt": StoryDalleTaskConfig(model=MODEL_PRESETS["small-prompt"]),
     }
+    # CPU recipes: 4 stories (20 frames of [story token | 40 text | 256 image tokens]) per step
     train_presets = {
         "tiny": TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=2),
         "small": TrainConfig(
-            steps=4000, batch_size=8, lr=3e-4, warmup_steps=200, weight_decay=0.01, log_every=25, checkpoint_every=250
+            steps=3000, batch_size=4, lr=3e-4, warmup_steps=100, weight_decay=0.01, log_every=25, checkpoint_every=250
+        ),
+        "small-prompt": TrainConfig(
+            steps=3000, batch_size=4, lr=1e-3, warmup_steps=100, weight_decay=0.0, log_every=25, checkpoint_every=250
         ),
     }
 
