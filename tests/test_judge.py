@@ -172,8 +172,10 @@ def test_digits_rows_and_a_random_judge(tmp_path):
     judge = load_judge(tmp_path / "judge", min_accuracy=0.0)
     samples = copy_as_samples(data, "test", tmp_path / "samples", count=10, frames=(0,))
     evaluation = evaluate_samples(samples, data, judge=judge, inception=False)
-    assert set(evaluation.rows["generated"]) == {"digit_acc", "color_acc", "background_acc", "fid_judge"}
-    assert evaluation.rows["generated"]["digit_acc"] == evaluation.rows["real"]["digit_acc"]
+    generated = evaluation.rows["generated"]
+    assert set(generated) == {"digit_acc", "color_acc", "background_acc", "judge_agreement", "fid_judge"}
+    assert generated["digit_acc"] == evaluation.rows["real"]["digit_acc"]
+    assert generated["judge_agreement"] == 1.0  # the samples are the real frames
     assert evaluation.by_frame["generated"] == {}
 
 
