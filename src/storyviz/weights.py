@@ -58,7 +58,8 @@ def describe_mismatch(
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Loads `state` into `module`, raising WeightsError that names every mismatching key."""
+    """Loads `state` into `module`, raising WeightsError that names every mismatching key. Values are copied into
+    the module's own tensors, so float16 files load into a float32 module (and the reverse) without a cast."""
     problem = describe_mismatch(module.state_dict(), state, source)
     if problem:
         raise WeightsError(problem)
@@ -156,10 +157,7 @@ class Pretrained:
         except ConfigError as error:
             raise WeightsError(str(error)) from None
         model = cls(config)
-        state = read_safetensors(directory / WEIGHTS_NAME)
-        model_state = model.state_dict()
-        state = {key: value.to(model_state[key].dtype) if key in model_state else value for key, value in state.items()}
-        load_state_dict_strict(model, state, str(directory / WEIGHTS_NAME))
+        load_state_dict_strict(model, read_safetensors(directory / WEIGHTS_NAME), str(directory / WEIGHTS_NAME))
         return model.to(map_location)
 
 

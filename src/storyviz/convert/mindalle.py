@@ -49,12 +49,12 @@ def import_mindalle(src_dir: str | Path, out_dir: str | Path) -> Path:
     transformer = Dalle(transformer_config)
     state = _state_dict(src_dir / "stage2_last.ckpt")
     state = {key: value for key, value in state.items() if not key.endswith(".attn.mask")}  # a buffer, if saved
-    load_state_dict_strict(transformer, _cast(state, transformer), str(src_dir / "stage2_last.ckpt"))
+    load_state_dict_strict(transformer, state, str(src_dir / "stage2_last.ckpt"))
 
     say(f"reading {src_dir / 'stage1_last.ckpt'}")
     image_tokenizer = VQGAN(image_config)
     state = _state_dict(src_dir / "stage1_last.ckpt")
-    load_state_dict_strict(image_tokenizer, _cast(state, image_tokenizer), str(src_dir / "stage1_last.ckpt"))
+    load_state_dict_strict(image_tokenizer, state, str(src_dir / "stage1_last.ckpt"))
 
     bundle = DalleBundle(transformer.eval(), tokenizer, image_tokenizer.eval())
     return bundle.save_pretrained(out_dir, extra={"source": "mindalle", "source_path": str(src_dir.resolve())})
@@ -140,9 +140,3 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise WeightsError(f"{path}: expected a checkpoint holding a 'state_dict' dict")
     return checkpoint["state_dict"]
-
-
-def _cast(state: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Released weights may be stored in half precision; the module's dtype wins."""
-    own = module.state_dict()
-    return {key: value.to(own[key].dtype) if key in own else value for key, value in state.items()}

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from storyviz.convert.bundle import write_bundle
-from storyviz.convert.mindalle import _cast, read_config, stage1_config, stage2_config
+from storyviz.convert.mindalle import read_config, stage1_config, stage2_config
 from storyviz.image_tokenizers.vqgan import VQGAN
 from storyviz.models.dalle import Dalle
 from storyviz.models.story_encoder import StoryEncoderConfig
@@ -69,7 +69,7 @@ def import_storydalle(checkpoint: str | Path, mindalle_dir: str | Path, out_dir:
         length=config["dataset"]["context_length"],
     )
     base = Dalle(stage2_config(config, tokenizer.pad_id, mindalle_dir / "config.yaml"))
-    load_state_dict_strict(base, _cast(parts["stage2"], base), f"{checkpoint} (stage2.*)")
+    load_state_dict_strict(base, parts["stage2"], f"{checkpoint} (stage2.*)")
     width = base.config.width
     sentence_dim = parts["story_linear"]["weight"].shape[1]
     prompt = parts.get("wte", {}).get("weight")
@@ -92,15 +92,15 @@ def import_storydalle(checkpoint: str | Path, mindalle_dir: str | Path, out_dir:
     model = StoryDalle.from_dalle(base, model_config)
     encoder = {f"proj.{k}": v for k, v in parts["story_linear"].items()}
     encoder.update({f"blocks.0.{k}": v for k, v in parts["story_block"].items() if not k.endswith("attn.mask")})
-    load_state_dict_strict(model.story_encoder, _cast(encoder, model.story_encoder), f"{checkpoint} (story_*)")
+    load_state_dict_strict(model.story_encoder, encoder, f"{checkpoint} (story_*)")
     if prompt is not None:
         state = {"embedding.weight": prompt, **{f"mlp.{k}": v for k, v in parts["control_trans"].items()}}
-        load_state_dict_strict(model.prompt, _cast(state, model.prompt), f"{checkpoint} (wte, control_trans)")
+        load_state_dict_strict(model.prompt, state, f"{checkpoint} (wte, control_trans)")
     if width != parts["story_linear"]["weight"].shape[0]:
         raise WeightsError(f"{checkpoint}: story_linear maps to width {parts['story_linear']['weight'].shape[0]}")
     say(f"reading {checkpoint} (stage1.*)")
     image_tokenizer = VQGAN(stage1_config(config, mindalle_dir / "config.yaml"))
-    load_state_dict_strict(image_tokenizer, _cast(parts["stage1"], image_tokenizer), f"{checkpoint} (stage1.*)")
+    load_state_dict_strict(image_tokenizer, parts["stage1"], f"{checkpoint} (stage1.*)")
     extra = {
         "source": "storydalle",
         "source_path": str(checkpoint.resolve()),

@@ -65,6 +65,22 @@ class VQGANConfig(Config):
         return 2 ** (len(self.ch_mult) - 1)
 
 
+# CPU, 64 px -> 8x8 codes (f8): thin at full resolution (16 channels), wider below; ~31 GFLOP per training
+# step at batch 16; EMA codebook with restarts keeps the 512 codes in use
+_SMALL = VQGANConfig(
+    resolution=64,
+    ch=16,
+    ch_mult=(1, 2, 4, 4),
+    num_res_blocks=1,
+    attn_resolutions=(8,),
+    z_channels=64,
+    num_groups=8,
+    n_embed=512,
+    embed_dim=64,
+    use_ema=True,
+    dead_code_steps=100,
+)
+
 PRESETS: dict[str, VQGANConfig] = {
     # tests: 16 px -> 8x8 codes
     "tiny": VQGANConfig(
@@ -78,35 +94,9 @@ PRESETS: dict[str, VQGANConfig] = {
         n_embed=32,
         embed_dim=8,
     ),
-    # CPU, 64 px -> 8x8 codes (f8): thin at full resolution (16 channels), wider below; ~31 GFLOP per training
-    # step at batch 16; EMA codebook with restarts keeps the 512 codes in use
-    "small": VQGANConfig(
-        resolution=64,
-        ch=16,
-        ch_mult=(1, 2, 4, 4),
-        num_res_blocks=1,
-        attn_resolutions=(8,),
-        z_channels=64,
-        num_groups=8,
-        n_embed=512,
-        embed_dim=64,
-        use_ema=True,
-        dead_code_steps=100,
-    ),
+    "small": _SMALL,
     # CPU, 64 px -> 16x16 codes (f4): more faithful, 4x longer image sequences for stage 2
-    "small-f4": VQGANConfig(
-        resolution=64,
-        ch=16,
-        ch_mult=(1, 2, 4),
-        num_res_blocks=1,
-        attn_resolutions=(16,),
-        z_channels=64,
-        num_groups=8,
-        n_embed=512,
-        embed_dim=64,
-        use_ema=True,
-        dead_code_steps=100,
-    ),
+    "small-f4": _SMALL.replace(ch_mult=(1, 2, 4), attn_resolutions=(16,)),
     # the released minDALL-E stage 1 (256 px -> 16x16 codes, 16384 x 256 codebook); GPUs
     "mindalle": VQGANConfig(),
 }

@@ -212,29 +212,30 @@ class _Run:
         path = self.dist.broadcast(path)
         return read_checkpoint(path) if path else None
 
+    def _changed_fields(self, recorded: dict[str, Any]) -> list[str]:
+        """Fields of the model's own config (a task config may extend it with loss settings that are not
+        exported) whose value differs in `recorded`, a config read from a weights folder."""
+        expected = json.loads(json.dumps(self.model.config.to_dict()))
+        return sorted(key for key in expected.keys() | recorded.keys() if expected.get(key) != recorded.get(key))
+
     def _initialise(self, source: Path) -> None:
         """Loads the model weights of a model folder or checkpoint (train.init_from) into the new run."""
         found = read_weights_config(source)
-        expected = json.loads(json.dumps(self.model.config.to_dict()))
-        if found["model_type"] != self.model.model_type or found["config"] != expected:
-            changed = sorted(k for k in expected if expected.get(k) != found["config"].get(k))
+        changed = self._changed_fields(found["config"])
+        if found["model_type"] != self.model.model_type or changed:
             raise ConfigError(
                 f"train.init_from {source}: a {found['model_type']!r} model whose config differs from this run's "
                 f"{self.model.model_type!r} model (fields {changed or 'model_type'})"
             )
-        own = self.model.state_dict()
-        state = {k: v.to(own[k].dtype) if k in own else v for k, v in read_safetensors(source / WEIGHTS_NAME).items()}
-        load_state_dict_strict(self.model, state, str(source / WEIGHTS_NAME))
+        load_state_dict_strict(self.model, read_safetensors(source / WEIGHTS_NAME), str(source / WEIGHTS_NAME))
         if self.ema is not None:
             self.ema = EMA(self.model, self.config.ema_decay)
         if self.dist.is_main:
             print(f"initialised {self.task_name} from {source}", flush=True)
 
     def _restore(self, checkpoint: Checkpoint) -> None:
-        # the model's own config (a task config may extend it with loss settings that are not exported)
-        expected = json.loads(json.dumps(self.model.config.to_dict()))
-        if checkpoint.model_config != expected:
-            changed = sorted(k for k in expected if expected.get(k) != checkpoint.model_config.get(k))
+        changed = self._changed_fields(checkpoint.model_config)
+        if changed:
             raise ConfigError(f"{checkpoint.path}: model config differs from the one asked for in fields {changed}")
         state = checkpoint.state
         load_model_state(self.model, checkpoint)

@@ -72,6 +72,12 @@ class StoryItems(Dataset):
         return item
 
 
+# CPU recipe: 4 stories (20 frames of [story token | 40 text | 256 image tokens]) per step
+_CPU_TRAINING = TrainConfig(
+    steps=3000, batch_size=4, lr=3e-4, warmup_steps=100, weight_decay=0.01, log_every=25, checkpoint_every=250
+)
+
+
 class StoryDalleTask(Task):
     name = "storydalle"
     model_presets = {
@@ -79,15 +85,10 @@ class StoryDalleTask(Task):
         "small": StoryDalleTaskConfig(),
         "small-prompt": StoryDalleTaskConfig(model=MODEL_PRESETS["small-prompt"]),
     }
-    # CPU recipes: 4 stories (20 frames of [story token | 40 text | 256 image tokens]) per step
     train_presets = {
         "tiny": TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=2),
-        "small": TrainConfig(
-            steps=3000, batch_size=4, lr=3e-4, warmup_steps=100, weight_decay=0.01, log_every=25, checkpoint_every=250
-        ),
-        "small-prompt": TrainConfig(
-            steps=3000, batch_size=4, lr=1e-3, warmup_steps=100, weight_decay=0.0, log_every=25, checkpoint_every=250
-        ),
+        "small": _CPU_TRAINING,
+        "small-prompt": _CPU_TRAINING.replace(lr=1e-3, weight_decay=0.0),  # only the new parts train
     }
 
     def __init__(self, model_config: StoryDalleTaskConfig, data: str):
