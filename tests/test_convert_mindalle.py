@@ -15,7 +15,7 @@ from storyviz.models.dalle import Dalle
 from storyviz.weights import WeightsError
 from test_dalle import reference_forward
 
-WIDTH, LAYERS, HEADS, TEXT_LEN, IMAGE_LEN = 32, 2, 4, 6, 16
+WIDTH, LAYERS, HEADS, TEXT_LEN, IMAGE_LEN = 32, 3, 4, 6, 16  # 3 layers: StoryDALL-E puts cross-attention in the third
 TEXT_VOCAB, IMAGE_VOCAB = 64, 24
 
 RELEASE_CONFIG = {  # the field structure of the release's config.yaml, tiny values

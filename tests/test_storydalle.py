@@ -17,11 +17,11 @@ BASE = TINY.dalle
 def make_model(config=TINY, seed=0, open_gates=True) -> StoryDalle:
     torch.manual_seed(seed)
     model = StoryDalle(config).double()
-    if open_gates:  # a trained model's gates are open; closed gates would hide the cross-attention
+    if open_gates:  # a trained model's cross-attention is open; a closed one (zero projection) would hide it
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if name.endswith("cross.gate"):
-                    parameter.fill_(0.7)
+                if ".cross.proj." in name:
+                    parameter.normal_(0.0, 0.05)
     return model.eval()
 
 
@@ -133,7 +133,7 @@ def test_engine_greedy_cached_equals_uncached_with_story_inputs():
     assert torch.equal(cached, uncached)
 
 
-def test_gate_at_zero_leaves_a_pretrained_dalle_unchanged():
+def test_closed_cross_attention_leaves_a_pretrained_dalle_unchanged():
     torch.manual_seed(0)
     base = Dalle(BASE.replace(layers=3, prefix_len=0)).double().eval()
     config = story_config(base.config, story=TINY.story, story_encoder=False)
@@ -143,6 +143,16 @@ def test_gate_at_zero_leaves_a_pretrained_dalle_unchanged():
     with_story = StoryDalle.from_dalle(base, story_config(base.config, story=TINY.story)).double()
     assert with_story.dalle.pos_emb_txt.weight.shape[0] == BASE.text_len + 1
     torch.testing.assert_close(with_story.dalle.pos_emb_txt.weight[1:], base.pos_emb_txt.weight)
+
+
+def test_closed_cross_attention_learns_from_the_first_step():
+    # the zero projection gets a gradient at once (a scalar gate at zero would leave every cross weight without one)
+    model = make_model(open_gates=False).train()
+    text, image, source, sentences = inputs()
+    logits = model(text, image, story=model.story_tokens(sentences)[0], source=source)[1]
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), image.flatten()).backward()
+    projections = [p for name, p in model.named_parameters() if name.endswith(".cross.proj.weight")]
+    assert projections and all(p.grad is not None and p.grad.abs().sum() > 0 for p in projections)
 
 
 def test_from_dalle_refuses_another_architecture():

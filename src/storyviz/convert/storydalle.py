@@ -14,7 +14,7 @@ image_tokenizer/) that `storyviz generate --model DIR` uses.
 
 What the checkpoint does not hold, and storyviz therefore starts fresh (each said in the bundle's config.json):
 - the cross-attention layers: the released code kept them in a plain Python list, so they were never saved (its
-  bug 1). They are added gated at zero: until fine-tuned, the model ignores the source frame;
+  bug 1). They are added with their output projection at zero: until fine-tuned, the model ignores the source frame;
 - position embeddings for the prefix (story token, prompt): fresh rows in front of the text positions.
 The released story encoder had no sinusoidal positions and a causal mask; the imported config says so. Its
 sentence embeddings came from the Universal Sentence Encoder (512-d), which storyviz cannot run: generating with
@@ -105,7 +105,7 @@ def import_storydalle(checkpoint: str | Path, mindalle_dir: str | Path, out_dir:
         "source": "storydalle",
         "source_path": str(checkpoint.resolve()),
         "sentences": f"use-{sentence_dim}" if sentence_dim != 384 else "minilm",
-        "fresh": ["cross-attention (gated at zero)", "prefix position embeddings"],
+        "fresh": ["cross-attention (output projection at zero)", "prefix position embeddings"],
     }
     parts_out = {"transformer": model.eval(), "tokenizer": tokenizer, "image_tokenizer": image_tokenizer.eval()}
     return write_bundle(out_dir, "storydalle-bundle", parts_out, extra)

@@ -1,12 +1,18 @@
 """StoryDALL-E's retro-fitted cross-attention: a sub-layer inserted into a pretrained DALL-E block.
 
-Inside a `CrossBlock`:  x = x + selfattn(ln1(x));  x = x + gate * crossattn(ln_query(x), ln_context(c));
+Inside a `CrossBlock`:  x = x + selfattn(ln1(x));  x = x + crossattn(ln_query(x), ln_context(c));
 x = x + mlp(ln2(x)). The context c is the source frame's image embeddings (B, S, D). Only positions at or after
 `cross_from` (absolute positions: the last prompt position, which predicts the first image token, and every image
 position) receive the cross-attention output. Positions are absolute, so a cached single-token step gets the same
 output as the full forward (the released code computed the mask from the chunk length, so its cached steps got
-none). With `gated`, the gate is tanh(g) with g initialised to 0: a block added to a pretrained model leaves its
-outputs unchanged at step 0.
+none).
+
+With `gated`, the sub-layer's output projection starts at zero (a zero-initialised gate per output channel), so a
+block added to a pretrained model leaves its outputs unchanged at step 0, and the projection learns from the
+first step (its input, attention over the source frame, is not zero), passing gradients on to the rest as it opens.
+A scalar tanh gate at zero (Flamingo's) was tried first: it holds every cross-attention weight at zero gradient
+until the gate itself opens, and its own gradient is the product with random features; on sprites it stayed
+below 0.002 for 500 steps of StoryDALL-E fine-tuning while the model ignored the source frame.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ class CrossAttention(nn.Module):
         self.key = nn.Linear(width, width)
         self.value = nn.Linear(width, width)
         self.proj = nn.Linear(width, width)
-        self.gate = nn.Parameter(torch.zeros(1)) if gated else None
+        if gated:
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     def context_keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, S, D) -> keys, values (B, heads, S, head_dim)."""
@@ -49,8 +57,7 @@ class CrossAttention(nn.Module):
         query = self.query(self.ln_query(x)).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
         mask = None if context_mask is None else context_mask[:, None, None, :]
         y = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-        y = self.proj(y.transpose(1, 2).reshape(batch, length, width))
-        return y if self.gate is None else torch.tanh(self.gate) * y
+        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
 class CrossBlock(Block):

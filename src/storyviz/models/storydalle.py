@@ -39,7 +39,7 @@ class StoryDalleConfig(Config):
 
     dalle: DalleConfig = field(default_factory=DalleConfig)
     cross_attention_every: int = 3  # 0: no cross-attention (ablation)
-    gated: bool = True
+    gated: bool = True  # the cross-attention's output projection starts at zero (see cross_attention.py)
     story_encoder: bool = True
     story: StoryEncoderConfig = field(default_factory=StoryEncoderConfig)
     prompt_len: int = 0  # > 0: a learned prompt (prompt tuning)
