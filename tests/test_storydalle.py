@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from storyviz.models.cross_attention import CrossAttention
 from storyviz.models.dalle import PRESETS as DALLE_PRESETS
 from storyviz.models.dalle import Dalle
 from storyviz.models.story_encoder import StoryEncoderConfig
@@ -197,3 +198,29 @@ def test_scratch_sentence_encoder():
     vectors = model.sentence_embeddings(text, text != BASE.pad_id)
     assert vectors.shape == (5, 16)
     assert model.story_tokens(vectors[None]).shape == (1, 5, BASE.width)
+
+
+def test_position_bias_reads_the_same_position_of_the_source_first():
+    torch.manual_seed(0)
+    attention = CrossAttention(16, 2, gated=False, grid=4).double()
+    with torch.no_grad():  # scores from the bias alone: what the layer starts with before learning any content
+        attention.query.weight.zero_()
+        attention.query.bias.zero_()
+    context = torch.randn(1, 16, 16, dtype=torch.float64)
+    x = torch.randn(1, 3, 16, dtype=torch.float64)
+    targets = torch.tensor([0, 5, 15])
+
+    def output(context):
+        keys, values = attention.context_keys_values(context)
+        return attention(x, keys, values, targets)
+
+    base = output(context)
+    for row, target in enumerate(targets.tolist()):
+        same, far = context.clone(), context.clone()
+        same[0, target] += 1.0
+        far[0, (target + 10) % 16] += 1.0  # another position (no initial bias there)
+        change_same = (output(same) - base)[0, row].norm()
+        change_far = (output(far) - base)[0, row].norm()
+        assert change_same > 20 * change_far
+    with pytest.raises(ValueError, match="grid"):
+        attention.score_bias(targets, 9)

@@ -19,6 +19,7 @@ storyviz.sampling (drive `model.dalle` with `generation_inputs`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ class StoryDalleConfig(Config):
     dalle: DalleConfig = field(default_factory=DalleConfig)
     cross_attention_every: int = 3  # 0: no cross-attention (ablation)
     gated: bool = True  # the cross-attention's output projection starts at zero (see cross_attention.py)
+    position_bias: bool = True  # learned 2-D offset bias in the cross-attention (storyviz's; see cross_attention.py)
     story_encoder: bool = True
     story: StoryEncoderConfig = field(default_factory=StoryEncoderConfig)
     prompt_len: int = 0  # > 0: a learned prompt (prompt tuning)
@@ -57,6 +59,10 @@ class StoryDalleConfig(Config):
         if self.cross_attention_every < 0:
             raise ConfigError(
                 f"StoryDalleConfig.cross_attention_every: expected >= 0, got {self.cross_attention_every}"
+            )
+        if self.position_bias and self.cross_layers and math.isqrt(self.dalle.image_len) ** 2 != self.dalle.image_len:
+            raise ConfigError(
+                f"StoryDalleConfig.position_bias needs a square token grid; dalle.image_len is {self.dalle.image_len}"
             )
         if self.max_frames > self.story.max_frames:
             raise ConfigError(
@@ -126,6 +132,7 @@ class StoryDalle(nn.Module, Pretrained):
                 dalle.heads,
                 dalle.mlp_ratio,
                 gated=config.gated,
+                grid=math.isqrt(dalle.image_len) if config.position_bias else 0,
                 attention_dropout=dalle.attention_dropout,
                 dropout=dalle.residual_dropout,
             )
