@@ -123,11 +123,32 @@ def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_
     assert (full - without)[:, 1:].abs().amax(dim=-1).min() > 0
 
 
+def test_guidance_branch_has_neither_caption_nor_source_frame():
+    model = make_model()
+    text, _, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    unconditional = model.unconditional_inputs(kwargs)
+    sampling = SamplingConfig(top_k=1, guidance_scale=3.0)
+    engine = Engine(model.dalle)
+    tokens = engine.generate(text, sampling, prefix=prefix, unconditional_kwargs=unconditional, **kwargs).tokens
+    empty = torch.full_like(text, BASE.pad_id)
+    image = torch.zeros(len(text), 0, dtype=torch.long)
+    for _ in range(BASE.image_len):  # uncached greedy guidance written out: the guidance branch without a source
+        conditional = model.dalle.next_image_logits(text, image, prefix, **kwargs)
+        plain = model.dalle.next_image_logits(empty, image, prefix)
+        image = torch.cat([image, (plain + 3.0 * (conditional - plain)).argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(tokens[:, 0], image)
+    with pytest.raises(ValueError, match="unconditional_kwargs"):
+        engine.generate(text, sampling, prefix=prefix, unconditional_kwargs={"other": unconditional["context_rows"]})
+
+
 def test_engine_greedy_cached_equals_uncached_with_story_inputs():
     model = make_model()
     text, _, source, sentences = inputs()
     story = model.story_tokens(sentences)[0]
     prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    kwargs["unconditional_kwargs"] = model.unconditional_inputs(kwargs)
     config = SamplingConfig(top_k=1, candidates=2, guidance_scale=2.0)
     cached = Engine(model.dalle).generate(text, config, prefix=prefix, **kwargs).tokens
     uncached = Engine(model.dalle, use_cache=False).generate(text, config, prefix=prefix, **kwargs).tokens

@@ -175,7 +175,11 @@ class StoryDallePipeline(DallePipeline):
         prefix, kwargs = self.model.generation_inputs(story, source, text.shape[1], text.shape[0])
         total = self.transformer.config.image_len
         tokens = None
-        for step, partial in Engine(self.transformer).stream(text, config, prefix=prefix, **kwargs):
+        unconditional = self.model.unconditional_inputs(kwargs)
+        steps = Engine(self.transformer).stream(
+            text, config, prefix=prefix, unconditional_kwargs=unconditional, **kwargs
+        )
+        for step, partial in steps:
             tokens = partial
             if progress is not None:
                 progress((phase[0] - 1) * total + step + 1, phase[1] * total)

@@ -9,7 +9,8 @@ with the cached step API of storyviz.models.dalle.Dalle:
 and reads model.config.image_len and model.config.pad_id.
 
 Batch layout: B prompts x C candidates = rows b*C + c; with guidance (scale != 1) a second half of B*C rows
-holds the unconditional prompt (an empty caption: all-[PAD] text).
+holds the unconditional prompt (an empty caption: all-[PAD] text, with `unconditional_prefix` and
+`unconditional_kwargs` where given, else the prompts' own prefix and block keyword arguments).
 """
 
 from __future__ import annotations
@@ -85,14 +86,17 @@ class Engine:
         config: SamplingConfig = SamplingConfig(),
         prefix: torch.Tensor | None = None,
         unconditional_prefix: torch.Tensor | None = None,
+        unconditional_kwargs: dict[str, torch.Tensor] | None = None,
         **block_kwargs,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields (step, tokens (B, C, step+1)) after each new image token, so a caller can decode partial images.
 
         text (B, T) int64; prefix (B, P, D) or None; unconditional_prefix (B, P, D) for the guidance branch
-        (default: the same prefix). Tensor `block_kwargs` with B rows are repeated like the prompts.
+        (default: the same prefix). Tensor `block_kwargs` with B rows are repeated like the prompts;
+        `unconditional_kwargs` replaces some of them (B rows each) in the guidance branch.
         """
-        for step, tokens in self._run(text, config, prefix, unconditional_prefix, block_kwargs):
+        steps = self._run(text, config, prefix, unconditional_prefix, unconditional_kwargs, block_kwargs)
+        for step, tokens in steps:
             yield step, tokens.clone()
 
     def generate(
@@ -102,10 +106,11 @@ class Engine:
         prefix: torch.Tensor | None = None,
         unconditional_prefix: torch.Tensor | None = None,
         scorer: Scorer | None = None,
+        unconditional_kwargs: dict[str, torch.Tensor] | None = None,
         **block_kwargs,
     ) -> Generation:
         """text (B, T) int64 -> Generation(tokens (B, C, image_len)); with a scorer, candidates re-ranked."""
-        steps = self._run(text, config, prefix, unconditional_prefix, block_kwargs)
+        steps = self._run(text, config, prefix, unconditional_prefix, unconditional_kwargs, block_kwargs)
         tokens = collections.deque(steps, maxlen=1)[0][1].clone()  # the full buffer, as a normal tensor
         if scorer is None:
             return Generation(tokens)
@@ -117,7 +122,9 @@ class Engine:
         return Generation(tokens, scores.gather(1, order))
 
     @torch.inference_mode()
-    def _run(self, text, config, prefix, unconditional_prefix, block_kwargs) -> Iterator[tuple[int, torch.Tensor]]:
+    def _run(
+        self, text, config, prefix, unconditional_prefix, unconditional_kwargs, block_kwargs
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yields (step, view of the output buffer (B, C, step+1)); the buffer is filled in place."""
         model = self.model
         batch, candidates = text.shape[0], config.candidates
@@ -125,6 +132,14 @@ class Engine:
         guided = config.guidance_scale != 1.0
         if unconditional_prefix is not None and prefix is None:
             raise ValueError("unconditional_prefix given without a prefix")
+        unconditional_kwargs = unconditional_kwargs or {}
+        for key, value in unconditional_kwargs.items():
+            given = block_kwargs.get(key)
+            if not isinstance(given, torch.Tensor) or given.shape != value.shape:
+                raise ValueError(
+                    f"unconditional_kwargs[{key!r}] of shape {tuple(value.shape)} must replace a block keyword "
+                    f"argument of the same shape, got {None if given is None else tuple(getattr(given, 'shape', ()))}"
+                )
         text, prefix, block_kwargs = _repeat_prompts(text, prefix, block_kwargs, batch, candidates)
         if guided:
             empty = torch.full_like(text, model.config.pad_id)
@@ -133,7 +148,12 @@ class Engine:
                 unconditional = unconditional_prefix.repeat_interleave(candidates, dim=0)
             text = torch.cat([text, empty])
             prefix = None if prefix is None else torch.cat([prefix, unconditional])
-            block_kwargs = {key: _double(value, rows) for key, value in block_kwargs.items()}
+            block_kwargs = {
+                key: torch.cat([value, unconditional_kwargs[key].repeat_interleave(candidates, dim=0)])
+                if key in unconditional_kwargs
+                else _double(value, rows)
+                for key, value in block_kwargs.items()
+            }
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=text.device).manual_seed(config.seed)
