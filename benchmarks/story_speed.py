@@ -52,7 +52,8 @@ def main() -> None:
     parser.add_argument("--model", help="model folder or bundled name (default: the bundled default model)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-k", type=int, help="default: the model's own sampling settings")
+    parser.add_argument("--guidance", type=float, help="default: the model's own sampling settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"phase": "import", "seconds": round(IMPORT_SECONDS, 3)}))
@@ -63,14 +64,16 @@ def main() -> None:
 
     story = story_record(0, "test", 0, size=pipeline.image_size)
     frames = min(4, pipeline.max_frames)
-    options = SamplingOptions(top_k=args.top_k)
+    changes = {"top_k": args.top_k, "guidance": args.guidance}
+    options = pipeline.sampling.replace(**{key: value for key, value in changes.items() if value is not None})
     tasks = {"visualization": StoryRequest(captions=story["captions"][:frames])}
     if pipeline.supports_continuation:
         captions, first = story["captions"], story["frames"][0]
         tasks["continuation"] = StoryRequest(captions[1 : 1 + frames], source_frame=first, source_caption=captions[0])
     for task, request in tasks.items():
         result = time_task(pipeline, request, options, args.repeats)
-        print(json.dumps({"phase": task, "frames": frames, "threads": args.threads, **result}))
+        settings = {"top_k": options.top_k, "guidance": options.guidance}
+        print(json.dumps({"phase": task, "frames": frames, "threads": args.threads, **settings, **result}))
 
 
 if __name__ == "__main__":

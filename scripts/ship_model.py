@@ -1,10 +1,11 @@
 """Copies a trained model folder into the package (src/storyviz/assets/models/NAME) in float16.
 
-    python scripts/ship_model.py RUN/model NAME [--data DATA]
+    python scripts/ship_model.py RUN/model NAME [--data DATA] [--sampling top_k=32 --sampling guidance=3]
 
 A bundle (DALL-E, StoryDALL-E) is copied part by part: each part with weights in float16, the text tokenizer
 as it is. Judges are measured again on the held-out split of DATA after the conversion (their config.json keeps
-the accuracy the shipped weights reach).
+the accuracy the shipped weights reach). `--sampling KEY=VALUE` records the sampling settings the model's measured
+results used as its defaults (config.json "sampling", read by `storyviz.pipelines.base.model_sampling`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from storyviz.files import atomic_dir
+from storyviz.pipelines.base import SamplingOptions
 from storyviz.registry import ASSETS, load_model
 from storyviz.weights import CONFIG_NAME, WEIGHTS_NAME, read_weights_config
 
@@ -28,8 +30,9 @@ def ship_weights(source: Path, out: Path) -> None:
     model.save_pretrained(out, extra={**{k: info[k] for k in KEEP if k in info}, "weights_dtype": "float16"})
 
 
-def ship_bundle(source: Path, out: Path) -> None:
-    """A bundle folder: its config.json, every weights part in float16, other parts copied."""
+def ship_bundle(source: Path, out: Path, sampling: dict) -> None:
+    """A bundle folder: its config.json (with the sampling defaults), every weights part in float16, other parts
+    copied."""
     parts = read_weights_config(source)["config"]["parts"]
     with atomic_dir(out) as tmp:
         for folder in parts.values():
@@ -38,7 +41,8 @@ def ship_bundle(source: Path, out: Path) -> None:
             else:
                 shutil.copytree(source / folder, tmp / folder)
         payload = json.loads((source / CONFIG_NAME).read_text())
-        (tmp / CONFIG_NAME).write_text(json.dumps({**payload, "weights_dtype": "float16"}, indent=2, sort_keys=True))
+        payload |= {"weights_dtype": "float16"} | ({"sampling": sampling} if sampling else {})
+        (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
 def main() -> None:
@@ -46,12 +50,17 @@ def main() -> None:
     parser.add_argument("source", help="trained model folder (a run's model/)")
     parser.add_argument("name", help="bundled model name")
     parser.add_argument("--data", help="data set for re-measuring a judge")
+    parser.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE", help="a sampling default")
     args = parser.parse_args()
     source, out = Path(args.source), ASSETS / "models" / args.name
     info = read_weights_config(source)
+    changed = SamplingOptions().with_overrides(args.sampling).to_dict()
+    sampling = {key: value for key, value in changed.items() if value != getattr(SamplingOptions(), key)}
     if info["model_type"].endswith("-bundle"):
-        ship_bundle(source, out)
+        ship_bundle(source, out, sampling)
     else:
+        if sampling:
+            raise SystemExit("--sampling applies to bundles (models that generate stories)")
         ship_weights(source, out)
     if info["model_type"] == "judge":
         if not args.data:

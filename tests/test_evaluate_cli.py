@@ -10,6 +10,7 @@ from storyviz.data.build import build
 from storyviz.data.store import open_dataset
 from storyviz.evaluation.samples import write_samples
 from storyviz.image_tokenizers.vqgan import VQGAN, VQGANConfig
+from tiny_models import tiny_storydalle
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,25 @@ def test_a_tokenizer_is_scored_on_its_reconstructions(sprites, capsys):
     assert len(list((out / "samples").glob("*.png"))) == 15
     # an untrained tokenizer draws noise: far below the real frames
     assert report["generated"]["char_f1"] < report["real"]["char_f1"]
+
+
+def test_a_story_model_continues_the_split_with_its_sampling_defaults(sprites, capsys):
+    model = tiny_storydalle(sprites / "tiny")  # 32 px frames, scored at the data's 64 px
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "sampling": {"top_k": 1, "guidance": 3.0}}))
+    out = sprites / "report_storydalle"
+    report = run_json(capsys, "--model", str(model), "--data", str(sprites / "data"), "--stories", "2",
+                      "--guidance", "2", "--seed", "4", "--out", str(out))  # fmt: skip
+    samples = json.loads((out / "samples" / "samples.json").read_text())
+    assert [story["generated"] for story in samples["stories"]] == [[False, True, True, True, True]] * 2
+    made_with = samples["made_with"]
+    assert made_with["task"] == "continuation" and made_with["captions"] == "plain"
+    assert (made_with["sampling"]["top_k"], made_with["sampling"]["guidance"], made_with["sampling"]["seed"]) == (
+        1,
+        2.0,
+        4,
+    )
+    assert len(list((out / "samples").glob("*.png"))) == 8 and "char_f1" in report["generated"]
 
 
 def test_bad_arguments_name_the_problem(sprites, capsys):

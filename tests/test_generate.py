@@ -146,3 +146,24 @@ def test_candidates_scorer_and_source_reading(bundle, tmp_path):
     assert tuple(strip[6, 6]) == (200, 40, 40)  # the source frame's red border
     digest = hashlib.sha256((tmp_path / "odd.png").read_bytes()).hexdigest()
     assert len(digest) == 64
+
+
+def test_model_sampling_defaults_and_command_line_changes(bundle, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(bundle, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "sampling": {"top_k": 1, "guidance": 2.0}}))
+    assert load_pipeline(model).sampling == SamplingOptions(top_k=1, guidance=2.0)
+    code, err = generate(capsys, "--model", str(model), "--caption", CAPTIONS[0], "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    record = json.loads((tmp_path / "a" / "story.json").read_text())
+    assert record["sampling"]["top_k"] == 1 and record["sampling"]["guidance"] == 2.0
+    code, err = generate(
+        capsys, "--model", str(model), "--caption", CAPTIONS[0], "--top-k", "5", "--out", str(tmp_path / "b")
+    )
+    record = json.loads((tmp_path / "b" / "story.json").read_text())
+    assert code == 0 and record["sampling"]["top_k"] == 5 and record["sampling"]["guidance"] == 2.0
+
+    (model / "config.json").write_text(json.dumps({**config, "sampling": {"top_kk": 1}}))
+    code, err = generate(capsys, "--model", str(model), "--caption", CAPTIONS[0], "--out", str(tmp_path / "c"))
+    assert code == 2 and "config.json: sampling" in err and "top_kk" in err

@@ -11,7 +11,7 @@ Writing, `write_story(directory, result, record, ...)`, each file atomically int
     story.json      `record` (how to reproduce: version, model, options, command line, seed, timing, ...) plus
                     "frames": [{"index", "file", "caption", "codes" (token models)}]
 
-`generate_story(out, captions=..., model=..., options=...)` is the whole `storyviz generate` job.
+`generate_story(out, captions=..., model=..., sampling=...)` is the whole `storyviz generate` job.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from storyviz import __version__
 from storyviz.data.formats.common import square_resize
 from storyviz.files import atomic_file, write_text_atomic
-from storyviz.pipelines.base import SamplingOptions, StoryRequest, StoryResult, load_pipeline
+from storyviz.pipelines.base import StoryRequest, StoryResult, load_pipeline
 from storyviz.progress import progress
 from storyviz.registry import resolve_model_dir
 
@@ -232,16 +232,15 @@ def generate_story(
     source_frame: str | Path | None = None,
     source_caption: str | None = None,
     model: str | Path | None = None,
-    options: SamplingOptions | None = None,
+    sampling: dict[str, Any] | None = None,
     device: str = "cpu",
     frame_px: int = 256,
     command: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """What `storyviz generate` does: reads the captions (given and from `captions_file`) and the source frame,
     loads the model (`load_pipeline`; None = the bundled default), generates with a progress bar and writes the
-    story into `out` (see `write_story`); `command` (the command line and its parsed options) goes into story.json.
-    Returns {file name: path}."""
-    options = options or SamplingOptions()
+    story into `out` (see `write_story`); `sampling` changes the model's sampling defaults (`StoryPipeline.sampling`);
+    `command` (the command line and its parsed options) goes into story.json. Returns {file name: path}."""
     captions = list(captions or [])
     if captions_file is not None:
         from_file, file_source_caption = read_captions_file(captions_file)
@@ -259,6 +258,7 @@ def generate_story(
     model_dir = resolve_model_dir(model)
     pipeline = load_pipeline(model_dir, device=device)
     loaded = time.perf_counter()
+    options = pipeline.sampling.replace(**(sampling or {}))
     if len(captions) > pipeline.max_frames:
         raise StoryFileError(
             f"{len(captions)} captions, but the model {model_dir} generates at most {pipeline.max_frames} frames"

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from storyviz.cli.main import UserError
-from storyviz.cli.sampling_args import add_sampling_arguments, sampling_options
+from storyviz.cli.sampling_args import add_sampling_arguments, sampling_changes
 
 
 def add_parser(subparsers) -> None:
@@ -51,15 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if args.stories is not None and args.stories < 1:
         raise UserError(f"--stories {args.stories}: expected a positive number")
     inception = not args.no_inception
+    seed = args.seed if args.seed is not None else 0
     if args.samples:
         evaluation = evaluate_folder(
-            args.samples, args.data, args.split, args.out, args.judge, inception, args.seed, args.judge_min_accuracy
+            args.samples, args.data, args.split, args.out, args.judge, inception, seed, args.judge_min_accuracy
         )
     else:
-        options = sampling_options(args)
         evaluation = evaluate_model(
-            args.model, args.data, args.split, args.out, args.stories, args.seed, options, args.captions, args.task,
-            args.judge, inception, args.judge_min_accuracy,
+            args.model, args.data, args.split, args.out, args.stories, seed, sampling_changes(args), args.captions,
+            args.task, args.judge, inception, args.judge_min_accuracy,
         )  # fmt: skip
     report = report_dict(evaluation)
     if args.json:

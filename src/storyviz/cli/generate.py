@@ -14,7 +14,7 @@ import argparse
 import sys
 import warnings
 
-from storyviz.cli.sampling_args import add_sampling_arguments, sampling_options
+from storyviz.cli.sampling_args import add_sampling_arguments, sampling_changes
 
 
 def add_parser(subparsers) -> None:
@@ -39,7 +39,6 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from storyviz.output import generate_story
 
-    options = sampling_options(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         paths = generate_story(
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             source_frame=args.source_frame,
             source_caption=args.source_caption,
             model=args.model,
-            options=options,
+            sampling=sampling_changes(args),
             device=args.device,
             frame_px=args.frame_px,
             command={

@@ -1,30 +1,28 @@
-"""The sampling options shared by `storyviz generate` and `storyviz evaluate`."""
+"""The sampling options shared by `storyviz generate` and `storyviz evaluate`.
+
+Options not given on the command line take the model's own defaults (`StoryPipeline.sampling`, from the
+"sampling" object of its config.json; the bundled models carry the settings their measured results used).
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+FLAGS = ("seed", "candidates", "top_k", "top_p", "temperature", "guidance", "steps")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seed", type=int, default=0, help="random seed (the same seed gives the same frames)")
-    parser.add_argument("--candidates", type=int, default=1, help="samples per frame (the best is kept)")
-    parser.add_argument("--top-k", type=int, default=0, help="0: off; 1: greedy decoding")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
-    parser.add_argument("--steps", type=int, default=50, help="diffusion sampling steps (diffusion models)")
+    group = parser.add_argument_group("sampling (default: the model's own settings)")
+    group.add_argument("--seed", type=int, help="random seed (the same seed gives the same frames; default 0)")
+    group.add_argument("--candidates", type=int, help="samples per frame (the best is kept)")
+    group.add_argument("--top-k", type=int, help="0: off; 1: greedy decoding")
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
+    group.add_argument("--steps", type=int, help="diffusion sampling steps (diffusion models)")
 
 
-def sampling_options(args: argparse.Namespace):
-    """The SamplingOptions of parsed arguments."""
-    from storyviz.pipelines.base import SamplingOptions
-
-    return SamplingOptions(
-        seed=args.seed,
-        candidates=args.candidates,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        temperature=args.temperature,
-        guidance=args.guidance,
-        steps=args.steps,
-    )
+def sampling_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options given on the command line: changes to the model's defaults."""
+    return {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}

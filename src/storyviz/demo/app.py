@@ -22,7 +22,7 @@ from storyviz.demo.story import (
     run_story,
     sampling_from_form,
 )
-from storyviz.pipelines.base import SamplingOptions, load_pipeline
+from storyviz.pipelines.base import load_pipeline
 from storyviz.registry import resolve_model_dir
 
 DEFAULT_CAPTIONS = ("Pip waves in the park.", "Pip jumps with a ball.", "", "")
@@ -48,7 +48,7 @@ def build_app(model: str | None = None, device: str = "cpu", workdir: str | Path
         path = workdir / "characters" / f"{character.name.lower()}.png"
         Image.fromarray(character.frame).save(path)
         character_files.append(str(path))
-    defaults = SamplingOptions()
+    defaults = pipeline.sampling
 
     def show_boxes(count: int):
         return [gr.Textbox(visible=index < int(count)) for index in range(MAX_CAPTION_BOXES)]

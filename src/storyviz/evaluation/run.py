@@ -25,7 +25,7 @@ from storyviz.evaluation.evaluate import Evaluation, evaluate_samples
 from storyviz.evaluation.judges import MIN_ACCURACY, load_judge
 from storyviz.evaluation.report import write_report
 from storyviz.evaluation.samples import write_samples
-from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
+from storyviz.pipelines import StoryRequest, load_pipeline
 from storyviz.progress import progress
 from storyviz.registry import load_model, resolve_model_dir
 from storyviz.weights import read_weights_config
@@ -45,12 +45,13 @@ def generate_samples(
     split: str,
     out: Path,
     indices: list[int],
-    options: SamplingOptions,
+    sampling: dict[str, Any] | None = None,
     captions: Literal["plain", "pronoun"] = "plain",
     task: Literal["continuation", "visualization"] = "continuation",
     batch_stories: int = 8,
 ) -> Path:
-    """Generates the frames of the chosen stories with `model` and writes them as a samples folder."""
+    """Generates the frames of the chosen stories with `model` and writes them as a samples folder; `sampling`
+    changes the model's sampling defaults (`StoryPipeline.sampling`)."""
     data = open_dataset(data_path)
     stories = data.split(split)
     model_type = read_weights_config(resolve_model_dir(model))["model_type"]
@@ -62,6 +63,7 @@ def generate_samples(
             records.append(_record(story, index, captions, _reconstruct(tokenizer, story["frames"])))
         return write_samples(out, records, data.meta["name"], split)
     pipeline = load_pipeline(model)
+    options = pipeline.sampling.replace(**(sampling or {}))
     continuation = task == "continuation" and pipeline.supports_continuation and data.meta["frames_per_story"] > 1
     bar = progress(total=len(indices), desc="generate", unit="story")
     for start in range(0, len(indices), batch_stories):
@@ -81,7 +83,9 @@ def generate_samples(
             records.append(_record(story, index, captions, frames, skip_first=continuation))
         bar.update(len(batch))
     bar.close()
-    return write_samples(out, records, data.meta["name"], split)
+    made_with = {"model": str(model), "task": "continuation" if continuation else "visualization"}
+    made_with |= {"captions": captions, "sampling": options.to_dict()}
+    return write_samples(out, records, data.meta["name"], split, made_with)
 
 
 def _captions(story: dict[str, Any], version: str) -> list[str]:
@@ -142,17 +146,18 @@ def evaluate_model(
     out: str | Path,
     stories: int | None = None,
     seed: int = 0,
-    options: SamplingOptions | None = None,
+    sampling: dict[str, Any] | None = None,
     captions: Literal["plain", "pronoun"] = "plain",
     task: Literal["continuation", "visualization"] = "continuation",
     judge: str | Path | None = None,
     inception: bool = True,
     judge_min_accuracy: float = MIN_ACCURACY,
 ) -> Evaluation:
-    """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc)."""
+    """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc).
+    `seed` picks the stories and seeds the sampling; `sampling` changes the model's other sampling defaults."""
     out = Path(out)
     data = open_dataset(data_path)
     indices = pick_stories(len(data.split(split)), stories, seed)
-    options = options or SamplingOptions(seed=seed)
-    samples = generate_samples(model, data_path, split, out / "samples", indices, options, captions, task)
+    sampling = {"seed": seed, **(sampling or {})}
+    samples = generate_samples(model, data_path, split, out / "samples", indices, sampling, captions, task)
     return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)

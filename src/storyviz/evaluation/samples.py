@@ -65,11 +65,14 @@ class Samples:
             raise SamplesError(f"{path}: not a readable image ({error})") from None
 
 
-def write_samples(directory: str | Path, stories: list[dict[str, Any]], data: str, split: str) -> Path:
+def write_samples(
+    directory: str | Path, stories: list[dict[str, Any]], data: str, split: str, made_with: dict[str, Any] | None = None
+) -> Path:
     """Writes a samples folder atomically.
 
     stories: [{"story_index": int, "story_id": str, "captions": [str] (L), "generated": [bool] (L),
     "frames": uint8 (L, H, W, 3)}]; only the generated frames are written (the others may be anything).
+    made_with: how the frames were made (model, task, sampling options), kept in samples.json as it is.
     """
     directory = Path(directory)
     records = []
@@ -94,6 +97,8 @@ def write_samples(directory: str | Path, stories: list[dict[str, Any]], data: st
                 }
             )
         payload = {"format_version": FORMAT_VERSION, "data": data, "split": split, "stories": records}
+        if made_with:
+            payload["made_with"] = made_with
         (tmp / SAMPLES_FILE).write_text(json.dumps(payload, indent=1))
     return directory
 

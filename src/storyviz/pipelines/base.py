@@ -66,6 +66,7 @@ class StoryPipeline(ABC):
     image_size: int
     text_length: int | None = None  # caption tokens the model reads (longer captions are truncated, with a warning)
     supports_continuation: bool = True
+    sampling: SamplingOptions = SamplingOptions()  # the model's sampling defaults (its config.json "sampling")
 
     @classmethod
     @abstractmethod
@@ -100,4 +101,13 @@ def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> Story
             f"models that can: {', '.join(sorted(PIPELINES)) or 'none yet'}"
         )
     module_name, class_name = PIPELINES[model_type].split(":")
-    return getattr(importlib.import_module(module_name), class_name).from_pretrained(directory, device=device)
+    pipeline = getattr(importlib.import_module(module_name), class_name).from_pretrained(directory, device=device)
+    pipeline.sampling = model_sampling(directory)
+    return pipeline
+
+
+def model_sampling(directory: Path) -> SamplingOptions:
+    """The sampling defaults a model folder recommends: the "sampling" object of its config.json (the values its
+    measured results used; options a command line or the demo gives replace them)."""
+    given = read_weights_config(directory).get("sampling", {})
+    return SamplingOptions.from_dict(given, where=f"{directory / 'config.json'}: sampling")
