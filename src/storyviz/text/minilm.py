@@ -64,8 +64,10 @@ def check_encoder_name(name: str, where: str) -> None:
 def _frozen_model() -> nn.Module:
     """The packaged BertModel, loaded once per process, frozen and in eval mode (no dropout)."""
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would sit inside storyviz's own output
     model = AutoModel.from_pretrained(str(model_path()), local_files_only=True)
     model.eval()
     model.requires_grad_(False)
