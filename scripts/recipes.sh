@@ -67,7 +67,10 @@ case "${1:-}" in
         # the shipped model: the preset's 2400 steps, then resumed to 4000 (which restarts the cosine schedule)
         [ -d "$WORK/runs/dalle-digits/model" ] ||
             train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits"
-        train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 4000 ;;
+        train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 4000
+        # into the package, with the sampling settings its measured results used
+        python "$ROOT/scripts/ship_model.py" "$WORK/runs/dalle-digits/model" digits \
+            --sampling top_k=32 --sampling guidance=3 ;;
     storydalle)
         [ -d "$WORK/runs/vqgan-sprites-f4-gan/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
         codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" "$WORK/codes/sprites"
