@@ -274,8 +274,7 @@ def generate_story(
 
         def report(done: int, total: int) -> None:
             bar.total = total
-            bar.n = done
-            bar.refresh()
+            bar.update(done - bar.n)  # redrawn at most every 0.1 s
 
         result = pipeline.generate([request], options, progress=report)[0]
     generated = time.perf_counter()
