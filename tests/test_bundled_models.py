@@ -1,10 +1,13 @@
 """The generators shipped inside the package: they load, repeat themselves under a seed, and the judges read their
-frames as their captions ask (a smoke test of the real artifacts; the measured quality is in benchmarks/RESULTS.md)."""
+frames as their captions (and, for stories, the source frame) ask. A smoke test of the real artifacts; their
+measured quality is in benchmarks/RESULTS.md."""
 
 import numpy as np
 
 from storyviz.data.digits import digit_record
+from storyviz.data.sprites.stories import story_record
 from storyviz.evaluation.judges import judge_frames, load_judge
+from storyviz.evaluation.metrics import char_f1
 from storyviz.pipelines.base import SamplingOptions, StoryRequest, load_pipeline
 
 HEADS = ("digit", "colour", "background")
@@ -24,3 +27,20 @@ def test_digits_model_draws_what_its_captions_ask():
         truth = np.array([record["labels"][head][0] for record in records])
         right &= readings[head] == truth
     assert right.sum() >= 9, f"the judge read only {right.sum()} of 12 generated digits as their captions ask"
+
+
+def test_sprites_model_continues_stories_with_their_characters():
+    pipeline = load_pipeline(None)  # the default: the bundled `sprites` StoryDALL-E
+    records = [story_record(0, "test", index) for index in range(4)]
+    requests = [
+        StoryRequest(record["captions"][1:], source_frame=record["frames"][0], source_caption=record["captions"][0])
+        for record in records
+    ]
+    options = pipeline.sampling  # the settings it ships with (seed 0)
+    frames = np.concatenate([story.frames for story in pipeline.generate(requests, options)])
+    assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+    again = np.concatenate([story.frames for story in pipeline.generate(requests, options)])
+    assert np.array_equal(frames, again), "the same seed gave other stories"
+    readings, _ = judge_frames(load_judge("judge-sprites"), frames)
+    truth = np.concatenate([record["labels"]["characters"][1:] for record in records])
+    assert char_f1(readings["characters"], truth) >= 0.6

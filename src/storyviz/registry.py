@@ -55,8 +55,8 @@ def resolve_model_dir(name_or_path: str | Path | None) -> Path:
     if name_or_path is None:
         if DEFAULT_MODEL not in bundled_models():
             raise WeightsError(
-                f"the bundled default model {DEFAULT_MODEL!r} is not part of this storyviz yet; pass --model with a "
-                "model folder (for example a run's model/ from `storyviz train storydalle`)"
+                f"the bundled default model {DEFAULT_MODEL!r} is missing from {ASSETS / 'models'} (an incomplete "
+                "installation?); reinstall storyviz, or pass --model with a model folder"
             )
         name_or_path = DEFAULT_MODEL
     text = str(name_or_path)
