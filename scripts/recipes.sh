@@ -77,7 +77,10 @@ case "${1:-}" in
         # 16x16 codes per frame (4x the digits' 8x8): batches of 16 frames keep a step near a second on one core
         train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites" \
             --steps 3000 --set train.batch_size=16
-        storydalle small storydalle-sprites ;;
+        storydalle small storydalle-sprites
+        # into the package as the default model, with the sampling settings chosen on val (benchmarks/RESULTS.md)
+        python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-sprites/model" sprites \
+            --sampling top_k=64 --sampling guidance=3 ;;
     storydalle-ablations)  # after storydalle: the same adaptation without each new part, and prompt tuning
         storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
