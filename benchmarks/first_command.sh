@@ -13,8 +13,9 @@ trap 'rm -rf "$TMP"' EXIT
 git clone --quiet "$ROOT" "$TMP/storyviz"
 cd "$TMP/storyviz"
 echo "command: $COMMAND"
+touch "$TMP/started"
 start=$(date +%s.%N)
 bash -c "$COMMAND"
 end=$(date +%s.%N)
-echo "written: $(find . -path ./.venv -prune -o -newer README.md -type f -print | grep -v '^./.git/' | sort | tr '\n' ' ')"
+echo "written: $(find . \( -path ./.venv -o -path ./.git -o -name '*.egg-info' \) -prune -o -newer "$TMP/started" -type f -print | sort | tr '\n' ' ')"
 python3 -c "print(f'first command: {$end - $start:.1f} s')"
