@@ -87,3 +87,15 @@ def test_bad_requests_are_refused_with_a_reason(trained):
         pipeline.generate([StoryRequest(["x"] * 9)], SamplingOptions())
     with pytest.raises(WeightsError, match="expected 'storydalle-bundle'"):
         StoryDallePipeline.from_pretrained(model_dir / "transformer")
+
+
+def test_names_and_characters_the_model_never_saw_are_accepted(trained):
+    root, model_dir = trained
+    pipeline = load_pipeline(model_dir)
+    story = open_dataset(root / "data").split("test")[0]
+    captions = ["Zorblax and Émile wave hello 👋 in the snow.", "Zorblax jumps."]
+    ids = pipeline.tokenizer.encode(captions).ids
+    assert ids.shape[0] == 2 and int(ids.max()) < pipeline.tokenizer.vocab_size
+    request = StoryRequest(captions, source_frame=story["frames"][0], source_caption="Zorblax is in the snow.")
+    result = pipeline.generate([request], SamplingOptions(seed=1, top_k=8))[0]
+    assert len(result.frames) == 2 and result.captions == captions
