@@ -59,7 +59,9 @@ case "${1:-}" in
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
-        train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" ;;
+        # 3000 steps (the preset) measured far from the targets; the run continues to 12000 (a restarted cosine)
+        train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" \
+            --steps 12000 ;;
     dalle-digits)
         data
         vqgan small digits "$WORK/runs/vqgan-digits" 1000
