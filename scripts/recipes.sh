@@ -59,7 +59,8 @@ case "${1:-}" in
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
-        # 3000 steps (the preset) measured far from the targets; the run continues to 12000 (a restarted cosine)
+        # 12000 steps: the run on the project machine did the preset's 3000 (measured far from the targets), then
+        # was resumed to 12000, which restarts the cosine schedule; from scratch this is one 12000-step cosine
         train arldm small "$WORK/data/sprites" "$WORK/runs/arldm" --set "model.vae_path=$WORK/runs/arldm-vae/model" \
             --steps 12000 ;;
     dalle-digits)
