@@ -54,8 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     source, out = Path(args.source), ASSETS / "models" / args.name
     info = read_weights_config(source)
+    defaults = SamplingOptions().to_dict()
     changed = SamplingOptions().with_overrides(args.sampling).to_dict()
-    sampling = {key: value for key, value in changed.items() if value != getattr(SamplingOptions(), key)}
+    sampling = {key: value for key, value in changed.items() if value != defaults[key]}
     if info["model_type"].endswith("-bundle"):
         ship_bundle(source, out, sampling)
     else:

@@ -158,6 +158,6 @@ def evaluate_model(
     out = Path(out)
     data = open_dataset(data_path)
     indices = pick_stories(len(data.split(split)), stories, seed)
-    sampling = {"seed": seed, **(sampling or {})}
+    sampling = {**(sampling or {}), "seed": seed}
     samples = generate_samples(model, data_path, split, out / "samples", indices, sampling, captions, task)
     return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)

@@ -94,7 +94,8 @@ PIPELINES: dict[str, str] = {
 def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> StoryPipeline:
     """Loads the pipeline for a model folder or bundled model name (the default model when None)."""
     directory = resolve_model_dir(name_or_path)
-    model_type = read_weights_config(directory)["model_type"]
+    info = read_weights_config(directory)
+    model_type = info["model_type"]
     if model_type not in PIPELINES:
         raise WeightsError(
             f"{directory}: a {model_type!r} model cannot generate stories; "
@@ -102,12 +103,11 @@ def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> Story
         )
     module_name, class_name = PIPELINES[model_type].split(":")
     pipeline = getattr(importlib.import_module(module_name), class_name).from_pretrained(directory, device=device)
-    pipeline.sampling = model_sampling(directory)
+    pipeline.sampling = model_sampling(info, directory)
     return pipeline
 
 
-def model_sampling(directory: Path) -> SamplingOptions:
-    """The sampling defaults a model folder recommends: the "sampling" object of its config.json (the values its
-    measured results used; options a command line or the demo gives replace them)."""
-    given = read_weights_config(directory).get("sampling", {})
-    return SamplingOptions.from_dict(given, where=f"{directory / 'config.json'}: sampling")
+def model_sampling(info: dict[str, Any], directory: Path) -> SamplingOptions:
+    """The sampling defaults a model folder recommends: the "sampling" object of its config.json (`info`; the
+    values its measured results used; options a command line or the demo gives replace them)."""
+    return SamplingOptions.from_dict(info.get("sampling", {}), where=f"{directory / 'config.json'}: sampling")
