@@ -177,6 +177,21 @@ def test_closed_cross_attention_learns_from_the_first_step():
     assert projections and all(p.grad is not None and p.grad.abs().sum() > 0 for p in projections)
 
 
+def test_more_cross_attention_layers_on_a_trained_story_model_leave_it_unchanged():
+    trained = make_model().float()  # cross-attention in block 2 of 3, open; float32 as from_story builds
+    every_block = StoryDalle.from_story(trained, TINY.replace(cross_attention_every=1)).eval()
+    assert every_block.config.cross_layers == [0, 1, 2]
+    torch.testing.assert_close(every_block.dalle.blocks[2].cross.proj.weight, trained.dalle.blocks[2].cross.proj.weight)
+    text, image, source, sentences = inputs()
+    story = trained.story_tokens(sentences.float())[0]
+    expected = trained(text, image, story=story, source=source)[1]
+    torch.testing.assert_close(every_block(text, image, story=story, source=source)[1], expected, rtol=0, atol=0)
+    with pytest.raises(WeightsError, match=r"drop the trained cross-attention of blocks \[2\]"):
+        StoryDalle.from_story(trained, TINY.replace(cross_attention_every=2))
+    with pytest.raises(WeightsError, match="may differ only in cross_attention_every"):
+        StoryDalle.from_story(trained, TINY.replace(gated=False))
+
+
 def test_from_dalle_refuses_another_architecture():
     base = Dalle(BASE.replace(layers=3, width=64))
     with pytest.raises(WeightsError, match="differs from config.dalle"):

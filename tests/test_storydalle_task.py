@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from storyviz.config import ConfigError
 from storyviz.data.store import open_dataset
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.storydalle import StoryDallePipeline
+from storyviz.training.loop import train
+from storyviz.training.tasks.storydalle import StoryDalleTask
 from storyviz.weights import WeightsError
 from tiny_models import tiny_storydalle
 
@@ -99,3 +102,16 @@ def test_names_and_characters_the_model_never_saw_are_accepted(trained):
     request = StoryRequest(captions, source_frame=story["frames"][0], source_caption="Zorblax is in the snow.")
     result = pipeline.generate([request], SamplingOptions(seed=1, top_k=8))[0]
     assert len(result.frames) == 2 and result.captions == captions
+
+
+def test_training_goes_on_from_a_story_model_with_more_cross_attention(trained):
+    root, model_dir = trained
+    config = StoryDalleTask.model_presets["tiny"].replace(pretrained=str(model_dir), codes=str(root / "codes"))
+    more = config.replace(model=config.model.replace(cross_attention_every=1))
+    again = train("storydalle", more, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "more")
+    before, after = load_pipeline(model_dir), load_pipeline(again)
+    assert before.model.config.cross_layers == [2] and after.model.config.cross_layers == [0, 1, 2]
+    assert after.tokenizer.vocab_size == before.tokenizer.vocab_size
+    vqgan = config.replace(pretrained=str(root / "vqgan"))
+    with pytest.raises(ConfigError, match=r"model.pretrained .*vqgan: a 'vqgan' folder; expected a DALL-E bundle"):
+        train("storydalle", vqgan, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "bad")

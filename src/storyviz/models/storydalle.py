@@ -171,6 +171,31 @@ class StoryDalle(nn.Module, Pretrained):
             model.dalle.pos_emb_txt.weight[-base.text_len :] = position[-base.text_len :]
         return model
 
+    @classmethod
+    def from_story(cls, story: StoryDalle, config: StoryDalleConfig) -> StoryDalle:
+        """Builds a StoryDALL-E from a trained one with more cross-attention layers (`config` may differ from
+        `story.config` only in `cross_attention_every`, keeping every layer it had): every weight is copied and the
+        new cross-attention sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
+        if story.config.replace(cross_attention_every=config.cross_attention_every) != config:
+            raise WeightsError(
+                "StoryDalle.from_story: the configs may differ only in cross_attention_every: "
+                f"{story.config.to_dict()} vs {config.to_dict()}"
+            )
+        dropped = sorted(set(story.config.cross_layers) - set(config.cross_layers))
+        if dropped:
+            raise WeightsError(
+                f"StoryDalle.from_story: cross_attention_every={config.cross_attention_every} would drop the trained "
+                f"cross-attention of blocks {dropped} (layers {story.config.cross_layers}); choose a divisor of "
+                f"{story.config.cross_attention_every}"
+            )
+        model = cls(config)
+        source, target = story.state_dict(), model.state_dict()
+        bad = [key for key in set(target) - set(source) if ".cross." not in key] + sorted(set(source) - set(target))
+        if bad:
+            raise WeightsError(f"StoryDalle.from_story: keys that do not correspond: {sorted(bad)}")
+        model.load_state_dict({**target, **source}, strict=True)
+        return model
+
     # --- pieces ---------------------------------------------------------------------------------------------
 
     def story_tokens(self, sentences: torch.Tensor, frames_valid: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -11,6 +11,8 @@ classifier-free guidance. `mode` "prompt" in the model config trains only the ne
 
 Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
 frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
+`model.pretrained` may also be a trained StoryDALL-E bundle: training goes on from it, with more cross-attention
+layers when `model.model.cross_attention_every` asks for them (e.g. 1 on a model trained with 3).
 The product (`run_dir/model`) is a "storydalle-bundle": transformer/ (StoryDalle), tokenizer/, image_tokenizer/.
 """
 
@@ -38,6 +40,7 @@ from storyviz.registry import load_model
 from storyviz.text import TextTokenizer
 from storyviz.training.task import Task, TrainConfig
 from storyviz.training.tasks.dalle import caption_tokenizer
+from storyviz.weights import read_weights_config
 
 BUNDLE_TYPE = "storydalle-bundle"
 
@@ -45,7 +48,9 @@ BUNDLE_TYPE = "storydalle-bundle"
 @dataclass(frozen=True)
 class StoryDalleTaskConfig(Config):
     model: StoryDalleConfig = field(default_factory=lambda: MODEL_PRESETS["small"])
-    pretrained: str = ""  # a DALL-E bundle folder (`storyviz train dalle`'s run_dir/model); "" = from scratch
+    # a DALL-E bundle folder (`storyviz train dalle`'s run_dir/model) to adapt to stories, or a StoryDALL-E one
+    # to train further (its architecture, with model.cross_attention_every free to add layers); "" = from scratch
+    pretrained: str = ""
     image_tokenizer: str = ""  # only when training from scratch (a pretrained bundle brings its own)
     codes: str = ""  # pre-computed codes of the data set (`storyviz data tokenize`)
     text_loss_weight: float = 0.1
@@ -101,9 +106,15 @@ class StoryDalleTask(Task):
         self.meta = dataset.meta
         if model_config.pretrained:
             folder = Path(model_config.pretrained)
-            parts = read_bundle_config(folder, DALLE_BUNDLE)["config"]["parts"]
+            kind = read_weights_config(folder)["model_type"]
+            if kind not in (DALLE_BUNDLE, BUNDLE_TYPE):
+                raise ConfigError(
+                    f"model.pretrained {folder}: a {kind!r} folder; expected a DALL-E bundle "
+                    f"(`storyviz train dalle`'s run_dir/model) or a StoryDALL-E one (`storyviz train storydalle`'s)"
+                )
+            parts = read_bundle_config(folder, kind)["config"]["parts"]
             if "image_tokenizer" not in parts:
-                raise ConfigError(f"{folder}: the DALL-E bundle has no image tokenizer to build the story model on")
+                raise ConfigError(f"{folder}: the bundle has no image tokenizer to build the story model on")
             self.tokenizer = TextTokenizer.from_pretrained(folder / parts["tokenizer"])
             self.image_tokenizer_dir = folder / parts["image_tokenizer"]
             self.base_dir = folder / parts["transformer"]
@@ -123,7 +134,10 @@ class StoryDalleTask(Task):
         config = self.model_config.model
         if self.base_dir is not None:
             base = load_model(self.base_dir).config
-            config = config.replace(dalle=base.replace(prefix_len=config.prefix_len))
+            if isinstance(base, StoryDalleConfig):  # a story model: only more cross-attention layers may be asked
+                config = base.replace(cross_attention_every=config.cross_attention_every)
+            else:
+                config = config.replace(dalle=base.replace(prefix_len=config.prefix_len))
         if self.base_dir is None:  # from scratch: the sizes follow the codes and the tokenizer
             dalle = config.dalle.replace(image_len=self.codes.image_len, image_vocab_size=self.codes.codebook_size)
             config = config.replace(dalle=dalle)
@@ -139,7 +153,9 @@ class StoryDalleTask(Task):
         config = self._config()
         if self.base_dir is None:
             return StoryDalle(config)
-        base: Dalle = load_model(self.base_dir)
+        base: Dalle | StoryDalle = load_model(self.base_dir)
+        if isinstance(base, StoryDalle):
+            return StoryDalle.from_story(base, config)
         if base.config.text_vocab_size != config.dalle.text_vocab_size:
             base.resize_text_embeddings(config.dalle.text_vocab_size)
         return StoryDalle.from_dalle(base, config)
