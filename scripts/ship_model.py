@@ -3,9 +3,10 @@
     python scripts/ship_model.py RUN/model NAME [--data DATA] [--sampling top_k=32 --sampling guidance=3]
 
 A bundle (DALL-E, StoryDALL-E) is copied part by part: each part with weights in float16, the text tokenizer
-as it is. Judges are measured again on the held-out split of DATA after the conversion (their config.json keeps
-the accuracy the shipped weights reach). `--sampling KEY=VALUE` records the sampling settings the model's measured
-results used as its defaults (config.json "sampling", read by `storyviz.pipelines.base.model_sampling`).
+as it is; any other model folder (ARLDM, a judge) is converted whole. Judges are measured again on the held-out
+split of DATA after the conversion (their config.json keeps the accuracy the shipped weights reach).
+`--sampling KEY=VALUE` records the sampling settings the model's measured results used as its defaults
+(config.json "sampling", read by `storyviz.pipelines.base.model_sampling`).
 """
 
 from __future__ import annotations
@@ -16,18 +17,19 @@ import shutil
 from pathlib import Path
 
 from storyviz.files import atomic_dir
-from storyviz.pipelines.base import SamplingOptions
+from storyviz.pipelines.base import PIPELINES, SamplingOptions
 from storyviz.registry import ASSETS, load_model
 from storyviz.weights import CONFIG_NAME, WEIGHTS_NAME, read_weights_config
 
 KEEP = ("training_step", "ema", "data")
 
 
-def ship_weights(source: Path, out: Path) -> None:
-    """One self-describing weights folder, in float16."""
+def ship_weights(source: Path, out: Path, sampling: dict | None = None) -> None:
+    """One self-describing weights folder, in float16 (with the sampling defaults of a story model)."""
     info = read_weights_config(source)
     model = load_model(source).half()
-    model.save_pretrained(out, extra={**{k: info[k] for k in KEEP if k in info}, "weights_dtype": "float16"})
+    extra = {k: info[k] for k in KEEP if k in info} | {"weights_dtype": "float16"}
+    model.save_pretrained(out, extra=extra | ({"sampling": sampling} if sampling else {}))
 
 
 def ship_bundle(source: Path, out: Path, sampling: dict) -> None:
@@ -60,9 +62,9 @@ def main() -> None:
     if info["model_type"].endswith("-bundle"):
         ship_bundle(source, out, sampling)
     else:
-        if sampling:
-            raise SystemExit("--sampling applies to bundles (models that generate stories)")
-        ship_weights(source, out)
+        if sampling and info["model_type"] not in PIPELINES:
+            raise SystemExit(f"--sampling applies to models that generate stories, not to a {info['model_type']!r}")
+        ship_weights(source, out, sampling)
     if info["model_type"] == "judge":
         if not args.data:
             raise SystemExit("a judge needs --data to be measured again after the conversion")
