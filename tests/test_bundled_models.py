@@ -3,6 +3,7 @@ frames as their captions (and, for stories, the source frame) ask. A smoke test 
 measured quality is in benchmarks/RESULTS.md."""
 
 import numpy as np
+import pytest
 
 from storyviz.data.digits import digit_record
 from storyviz.data.sprites.stories import story_record
@@ -29,8 +30,9 @@ def test_digits_model_draws_what_its_captions_ask():
     assert right.sum() >= 9, f"the judge read only {right.sum()} of 12 generated digits as their captions ask"
 
 
-def test_sprites_model_continues_stories_with_their_characters():
-    pipeline = load_pipeline(None)  # the default: the bundled `sprites` StoryDALL-E
+@pytest.mark.parametrize("name", [None, "sprites-arldm"])  # None: the default, the `sprites` StoryDALL-E
+def test_sprites_models_continue_stories_with_their_characters(name):
+    pipeline = load_pipeline(name)
     records = [story_record(0, "test", index) for index in range(4)]
     requests = [
         StoryRequest(record["captions"][1:], source_frame=record["frames"][0], source_caption=record["captions"][0])

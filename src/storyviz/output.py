@@ -270,7 +270,7 @@ def generate_story(
     if frame is not None:
         frame = square_resize(frame, pipeline.image_size)
     request = StoryRequest(captions=captions, source_frame=frame, source_caption=source_caption)
-    with progress(total=1, desc="generating", unit="token") as bar:
+    with progress(total=1, desc="generating", unit=pipeline.progress_unit) as bar:
 
         def report(done: int, total: int) -> None:
             bar.total = total

@@ -35,6 +35,7 @@ SAMPLERS = ("ddim", "pndm")
 class ARLDMPipeline(StoryPipeline):
     model_type = "arldm"
     supports_continuation = True
+    progress_unit = "frame"
 
     def __init__(self, model: ARLDM, sampler: str = "ddim", device: str = "cpu", batch_size: int = 8):
         if sampler not in SAMPLERS:

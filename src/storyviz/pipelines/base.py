@@ -67,6 +67,7 @@ class StoryPipeline(ABC):
     text_length: int | None = None  # caption tokens the model reads (longer captions are truncated, with a warning)
     supports_continuation: bool = True
     sampling: SamplingOptions = SamplingOptions()  # the model's sampling defaults (its config.json "sampling")
+    progress_unit: str = "token"  # what the progress callback counts
 
     @classmethod
     @abstractmethod
