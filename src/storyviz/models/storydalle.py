@@ -115,6 +115,17 @@ class Prompt(nn.Module):
         return self.dropout(self.mlp(self.embedding.weight))
 
 
+def _copy_weights(module: nn.Module, source: dict, where: str, fresh: frozenset[str] = frozenset()) -> None:
+    """Loads `source` into `module`, whose keys missing from it must be new cross-attention sub-layers (or in
+    `fresh`; they keep their initialisation); any other difference is an error naming the keys."""
+    target = module.state_dict()
+    missing = sorted(key for key in set(target) - set(source) - fresh if ".cross." not in key)
+    bad = missing + sorted(set(source) - set(target))
+    if bad:
+        raise WeightsError(f"{where}: keys that do not correspond: {bad}")
+    module.load_state_dict({**target, **source}, strict=True)
+
+
 class StoryDalle(nn.Module, Pretrained):
     """One frame per row: text (B, T), image (B, N), story token (B, D), source codes (B, N) -> logits."""
 
@@ -160,13 +171,7 @@ class StoryDalle(nn.Module, Pretrained):
         model = cls(config)
         source = dict(dalle.state_dict())
         position = source.pop("pos_emb_txt.weight")
-        target = model.dalle.state_dict()
-        missing = sorted(set(target) - set(source) - {"pos_emb_txt.weight"})
-        unexpected = sorted(set(source) - set(target))
-        bad = [key for key in missing if ".cross." not in key] + unexpected
-        if bad:
-            raise WeightsError(f"StoryDalle.from_dalle: keys that do not correspond: {bad}")
-        model.dalle.load_state_dict({**target, **source}, strict=True)
+        _copy_weights(model.dalle, source, "StoryDalle.from_dalle", fresh=frozenset({"pos_emb_txt.weight"}))
         with torch.no_grad():  # text positions keep their rows; the prefix positions in front are new
             model.dalle.pos_emb_txt.weight[-base.text_len :] = position[-base.text_len :]
         return model
@@ -189,11 +194,7 @@ class StoryDalle(nn.Module, Pretrained):
                 f"{story.config.cross_attention_every}"
             )
         model = cls(config)
-        source, target = story.state_dict(), model.state_dict()
-        bad = [key for key in set(target) - set(source) if ".cross." not in key] + sorted(set(source) - set(target))
-        if bad:
-            raise WeightsError(f"StoryDalle.from_story: keys that do not correspond: {sorted(bad)}")
-        model.load_state_dict({**target, **source}, strict=True)
+        _copy_weights(model, story.state_dict(), "StoryDalle.from_story")
         return model
 
     # --- pieces ---------------------------------------------------------------------------------------------
