@@ -6,12 +6,13 @@
 
 Variants, all top-k 256 at temperature 1, batch 1 unless stated:
     cached     storyviz.sampling.Engine with its preallocated KV cache
+    cached_int8  the same with the blocks' Linears and the image head in int8 (storyviz.models.quantize)
     cached_rowmajor  the same with the Linear weights stored row-major (nn.Linear's default layout)
     uncached   the same engine recomputing the whole sequence at every step
     mindalle   a re-implementation of minDALL-E's cached loop (a Python list of past keys/values, concatenated
                at every step; top-k by clone + masked fill and a softmax over the whole vocabulary), same weight
                values in nn.Linear's row-major layout, as minDALL-E holds them
-    batch16    the cached engine at batch 16 (throughput in tokens/s)
+    batch16    the cached engine at batch 16 (throughput in tokens/s); batch16_int8 the same in int8
 The variants are timed in rounds, interleaved, in one process, in wall-clock and in CPU time (the machine is
 shared: CPU time is what the loop costs while it has a core); tokens/s uses the median wall time. Peak memory is how
 far the resident set size peaks above its level before one generation (Linux VmHWM after a reset), measured in a
@@ -34,9 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from storyviz.models.dalle import PRESETS, Dalle
+from storyviz.models.inference import quantize_int8_
 from storyviz.sampling import Engine, SamplingConfig
 
-VARIANTS = ("cached", "cached_rowmajor", "uncached", "mindalle", "batch16")
+VARIANTS = ("cached", "cached_int8", "cached_rowmajor", "uncached", "mindalle", "batch16", "batch16_int8")
 
 
 def mindalle_loop(model: Dalle, text: torch.Tensor, top_k: int, generator: torch.Generator) -> torch.Tensor:
@@ -97,7 +99,9 @@ def build_loop(variant: str):
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight = torch.nn.Parameter(module.weight.detach().contiguous())
-    batch = 16 if variant == "batch16" else 1
+    if variant.endswith("int8"):
+        quantize_int8_(model)
+    batch = 16 if variant.startswith("batch16") else 1
     text = torch.randint(1, model.config.text_vocab_size, (batch, model.config.text_len))
     if variant == "mindalle":
 
@@ -164,17 +168,18 @@ def main() -> None:
     for variant in VARIANTS:
         command = [sys.executable, __file__, "--memory-of", variant]
         memory = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-        batch = 16 if variant == "batch16" else 1
+        batch = 16 if variant.startswith("batch16") else 1
         w, c = wall[variant], cpu[variant]
         row = f"{variant:<16} {batch:>5} {min(w):>9.3f} {statistics.median(w):>9.3f} {min(c):>8.3f}"
         print(row + f" {statistics.median(c):>8.3f} {batch * 256 / statistics.median(w):>9.0f} {memory:>13.1f}")
     for other in ("uncached", "mindalle", "cached_rowmajor"):
-        ratios = [b / a for a, b in zip(wall["cached"], wall[other])]
-        cpu_ratios = [b / a for a, b in zip(cpu["cached"], cpu[other])]
-        print(
-            f"cached vs {other}: {statistics.median(ratios):.2f}x faster in wall time, "
-            f"{statistics.median(cpu_ratios):.2f}x in CPU time (medians of paired rounds)"
-        )
+        for base in ("cached", "cached_int8"):
+            ratios = [b / a for a, b in zip(wall[base], wall[other])]
+            cpu_ratios = [b / a for a, b in zip(cpu[base], cpu[other])]
+            print(
+                f"{base} vs {other}: {statistics.median(ratios):.2f}x faster in wall time, "
+                f"{statistics.median(cpu_ratios):.2f}x in CPU time (medians of paired rounds)"
+            )
 
 
 LOAD_BEFORE = f"{os.getloadavg()[0]:.2f}"

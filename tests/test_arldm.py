@@ -141,6 +141,8 @@ def test_pipeline_same_seed_same_frames(model, tmp_path):
     assert pndm[0].frames[0].shape == (32, 32, 3)
     with pytest.raises(ValueError, match="at most 5"):
         pipeline.generate([StoryRequest(captions=CAPTIONS, source_frame=np.zeros((8, 8, 3), np.uint8))], options)
+    with pytest.raises(ValueError, match="no int8 form"):
+        load_pipeline(tmp_path / "arldm", int8=True)
 
 
 def test_hdf5_layout_round_trips_into_training(sprites, tmp_path):

@@ -73,6 +73,11 @@ def test_a_story_model_continues_the_split_with_its_sampling_defaults(sprites, c
         4,
     )
     assert len(list((out / "samples").glob("*.png"))) == 8 and "char_f1" in report["generated"]
+    out = sprites / "report_storydalle_int8"
+    report = run_json(capsys, "--model", str(model), "--data", str(sprites / "data"), "--stories", "2", "--int8",
+                      "--out", str(out))  # fmt: skip
+    assert json.loads((out / "samples" / "samples.json").read_text())["made_with"]["weights"] == "int8"
+    assert 0 <= report["generated"]["char_f1"] <= 1
 
 
 def test_bad_arguments_name_the_problem(sprites, capsys):
@@ -80,6 +85,8 @@ def test_bad_arguments_name_the_problem(sprites, capsys):
     assert code == 2 and "not both" in capsys.readouterr().err
     code = main(["evaluate", "--samples", str(sprites / "missing"), "--data", str(sprites / "data"), "--out", "o"])
     assert code == 2 and "missing" in capsys.readouterr().err
+    code = main(["evaluate", "--samples", "x", "--int8", "--data", str(sprites / "data"), "--out", "o"])
+    assert code == 2 and "--int8" in capsys.readouterr().err
 
 
 def test_a_torchscript_judge_with_its_description(sprites, capsys):

@@ -73,6 +73,15 @@ def test_story_files_and_reproducibility(bundle, tmp_path, capsys):
     other = json.loads((tmp_path / "other" / "story.json").read_text())
     assert [f["codes"] for f in other["frames"]] != [f["codes"] for f in record["frames"]]
 
+    # int8 weights: a story in the same layout, recorded as int8, the same again under the same seed
+    for name in ("int8", "int8-again"):
+        code, err = generate(capsys, *args, "--int8", "--out", str(tmp_path / name))
+        assert code == 0, err
+    int8, int8_again = (json.loads((tmp_path / name / "story.json").read_text()) for name in ("int8", "int8-again"))
+    assert int8["model"]["weights"] == "int8" and "weights" not in record["model"]
+    assert [f["codes"] for f in int8["frames"]] == [f["codes"] for f in int8_again["frames"]]
+    assert all(len(frame["codes"]) == 64 for frame in int8["frames"])
+
 
 def test_top_k_1_is_greedy_and_captions_files_in_every_format(bundle, tmp_path, capsys):
     story = {"captions": CAPTIONS, "source_caption": None}

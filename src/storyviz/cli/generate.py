@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model,
             sampling=sampling_changes(args),
             device=args.device,
+            int8=args.int8,
             frame_px=args.frame_px,
             command={
                 "argv": ["storyviz", *sys.argv[1:]],

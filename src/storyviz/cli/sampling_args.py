@@ -21,6 +21,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float)
     group.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
     group.add_argument("--steps", type=int, help="diffusion sampling steps (diffusion models)")
+    group.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 weights for the token transformer (CPU; faster sampling, slightly different frames)",
+    )
 
 
 def sampling_changes(args: argparse.Namespace) -> dict[str, Any]:

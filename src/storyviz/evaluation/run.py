@@ -49,9 +49,10 @@ def generate_samples(
     captions: Literal["plain", "pronoun"] = "plain",
     task: Literal["continuation", "visualization"] = "continuation",
     batch_stories: int = 8,
+    int8: bool = False,
 ) -> Path:
     """Generates the frames of the chosen stories with `model` and writes them as a samples folder; `sampling`
-    changes the model's sampling defaults (`StoryPipeline.sampling`)."""
+    changes the model's sampling defaults (`StoryPipeline.sampling`); `int8` loads a token model with int8 weights."""
     data = open_dataset(data_path)
     stories = data.split(split)
     model_type = read_weights_config(resolve_model_dir(model))["model_type"]
@@ -62,7 +63,7 @@ def generate_samples(
             story = stories[index]
             records.append(_record(story, index, captions, _reconstruct(tokenizer, story["frames"])))
         return write_samples(out, records, data.meta["name"], split)
-    pipeline = load_pipeline(model)
+    pipeline = load_pipeline(model, int8=int8)
     options = pipeline.sampling.replace(**(sampling or {}))
     continuation = task == "continuation" and pipeline.supports_continuation and data.meta["frames_per_story"] > 1
     bar = progress(total=len(indices), desc="generate", unit="story")
@@ -84,7 +85,7 @@ def generate_samples(
         bar.update(len(batch))
     bar.close()
     made_with = {"model": str(model), "task": "continuation" if continuation else "visualization"}
-    made_with |= {"captions": captions, "sampling": options.to_dict()}
+    made_with |= {"captions": captions, "sampling": options.to_dict()} | ({"weights": "int8"} if int8 else {})
     return write_samples(out, records, data.meta["name"], split, made_with)
 
 
@@ -152,12 +153,14 @@ def evaluate_model(
     judge: str | Path | None = None,
     inception: bool = True,
     judge_min_accuracy: float = MIN_ACCURACY,
+    int8: bool = False,
 ) -> Evaluation:
     """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc).
-    `seed` picks the stories and seeds the sampling; `sampling` changes the model's other sampling defaults."""
+    `seed` picks the stories and seeds the sampling; `sampling` changes the model's other sampling defaults;
+    `int8` loads a token model with int8 weights."""
     out = Path(out)
     data = open_dataset(data_path)
     indices = pick_stories(len(data.split(split)), stories, seed)
     sampling = {**(sampling or {}), "seed": seed}
-    samples = generate_samples(model, data_path, split, out / "samples", indices, sampling, captions, task)
+    samples = generate_samples(model, data_path, split, out / "samples", indices, sampling, captions, task, int8=int8)
     return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)

@@ -144,7 +144,8 @@ class Dalle(nn.Module, Pretrained):
     ) -> torch.Tensor:
         """x (B, L, D) at positions start ... start+L-1 (start = cache.length, or 0 without a cache) -> (B, L, D).
 
-        key_valid (B, start+L) bool marks attendable positions (None: all); `block_kwargs` reach every block.
+        key_valid (B, start+L) bool marks attendable positions (None: all); for one decoded token (L = 1) it may
+        also be the additive float form (0 or -inf; KVCache.key_bias). `block_kwargs` reach every block.
         """
         start = 0 if cache is None else cache.length
         length = x.shape[1]
@@ -266,6 +267,8 @@ class Dalle(nn.Module, Pretrained):
         if key_valid is not None:
             cache.key_mask = torch.ones(cache.batch, cache.max_len, dtype=torch.bool, device=x.device)
             cache.key_mask[:, : key_valid.shape[1]] = key_valid
+            cache.key_bias = torch.zeros(cache.key_mask.shape, dtype=x.dtype, device=x.device)
+            cache.key_bias.masked_fill_(~cache.key_mask, float("-inf"))
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
         cache.prompt_length = cache.length
         return self.image_logits(hidden[:, -1]).float()
@@ -275,7 +278,7 @@ class Dalle(nn.Module, Pretrained):
         fp32 logits (B, V_img) of the token after it."""
         start = cache.length - cache.prompt_length
         x = self.embed_image(image_token[:, None], start)
-        key_valid = None if cache.key_mask is None else cache.key_mask[:, : cache.length + 1]
+        key_valid = None if cache.key_bias is None else cache.key_bias[:, : cache.length + 1]
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
         return self.image_logits(hidden[:, -1]).float()
 

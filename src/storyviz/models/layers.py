@@ -14,7 +14,8 @@ class KVCache:
     """Keys and values of every layer, preallocated and filled in place (no concatenation).
 
     keys, values: (layers, B, heads, max_len, head_dim). `length` positions are filled; `key_mask` (B, max_len)
-    bool, when set, says which cached positions may be attended to (False for masked text padding).
+    bool, when set, says which cached positions may be attended to (False for masked text padding), and `key_bias`
+    holds it as an additive float mask (0 or -inf), what decoding steps hand to attention.
     `prompt_length` is the length of the prompt (prefix + text) once it has been processed.
     `context` holds per-layer state computed once per prompt (StoryDALL-E's cross-attention keys and values).
     """
@@ -37,6 +38,7 @@ class KVCache:
         self.length = 0
         self.prompt_length = 0
         self.key_mask: torch.Tensor | None = None
+        self.key_bias: torch.Tensor | None = None
         self.context: dict[int, tuple[torch.Tensor, ...]] = {}
 
     @property
@@ -52,6 +54,7 @@ class KVCache:
         self.length = 0
         self.prompt_length = 0
         self.key_mask = None
+        self.key_bias = None
         self.context = {}
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +89,25 @@ class SelfAttention(nn.Module):
         self.query = nn.Linear(width, width, bias=bias)
         self.value = nn.Linear(width, width, bias=bias)
         self.proj = nn.Linear(width, width, bias=bias)
+        self.qkv: nn.Linear | None = None  # the fused inference form (fuse_qkv_), else None
         self.attention_dropout = attention_dropout
         self.dropout = dropout
+
+    def fuse_qkv_(self) -> None:
+        """Inference form: one Linear `qkv` (width -> 3 width) replaces query, key and value (same values), so a
+        decoding step makes one product instead of three. The state-dict keys change (qkv.*): not for training
+        or saving."""
+        if self.qkv is not None:
+            return
+        parts = (self.query, self.key, self.value)
+        fused = nn.Linear(parts[0].in_features, 3 * parts[0].out_features, bias=parts[0].bias is not None)
+        fused = fused.to(parts[0].weight)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([part.weight for part in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([part.bias for part in parts]))
+        del self.query, self.key, self.value
+        self.qkv = column_major_(fused.requires_grad_(False))
 
     def forward(
         self,
@@ -98,10 +118,14 @@ class SelfAttention(nn.Module):
         layer: int = 0,
     ) -> torch.Tensor:
         batch, length, width = x.shape
-        shape = (batch, length, self.heads, width // self.heads)
-        query = self.query(x).view(shape).transpose(1, 2)
-        key = self.key(x).view(shape).transpose(1, 2)
-        value = self.value(x).view(shape).transpose(1, 2)
+        if self.qkv is None:
+            shape = (batch, length, self.heads, width // self.heads)
+            query = self.query(x).view(shape).transpose(1, 2)
+            key = self.key(x).view(shape).transpose(1, 2)
+            value = self.value(x).view(shape).transpose(1, 2)
+        else:
+            fused = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads)
+            query, key, value = fused.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             key, value = cache.store(layer, key, value)
         dropout = self.attention_dropout if self.training else 0.0

@@ -83,6 +83,13 @@ class StoryPipeline(ABC):
         """What story.json records about the model."""
         return {"model_type": self.model_type, "max_frames": self.max_frames, "image_size": self.image_size}
 
+    def quantize_int8(self) -> None:
+        """Switches the model to int8 weights for faster CPU sampling (token models; see models/inference.py)."""
+        raise ValueError(
+            f"{self.model_type} models have no int8 form; --int8 applies to the token transformers "
+            f"(dalle-bundle, storydalle-bundle)"
+        )
+
 
 # model_type of a model folder -> "module:Class" of its pipeline
 PIPELINES: dict[str, str] = {
@@ -92,8 +99,9 @@ PIPELINES: dict[str, str] = {
 }
 
 
-def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> StoryPipeline:
-    """Loads the pipeline for a model folder or bundled model name (the default model when None)."""
+def load_pipeline(name_or_path: str | Path | None, device: str = "cpu", int8: bool = False) -> StoryPipeline:
+    """Loads the pipeline for a model folder or bundled model name (the default model when None); `int8` switches
+    a token model to int8 weights (`StoryPipeline.quantize_int8`)."""
     directory = resolve_model_dir(name_or_path)
     info = read_weights_config(directory)
     model_type = info["model_type"]
@@ -105,6 +113,8 @@ def load_pipeline(name_or_path: str | Path | None, device: str = "cpu") -> Story
     module_name, class_name = PIPELINES[model_type].split(":")
     pipeline = getattr(importlib.import_module(module_name), class_name).from_pretrained(directory, device=device)
     pipeline.sampling = model_sampling(info, directory)
+    if int8:
+        pipeline.quantize_int8()
     return pipeline
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from storyviz.convert.bundle import DALLE_BUNDLE, DalleBundle
+from storyviz.models.inference import is_quantized, quantize_int8_
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryPipeline, StoryRequest, StoryResult
 from storyviz.sampling import Engine, SamplingConfig
 from storyviz.sampling.engine import Scorer
@@ -156,4 +157,10 @@ class DallePipeline(StoryPipeline):
         return results
 
     def describe(self) -> dict:
-        return {**super().describe(), "text_length": self.text_length, "grid": list(self.grid)}
+        info = {**super().describe(), "text_length": self.text_length, "grid": list(self.grid)}
+        return info | ({"weights": "int8"} if is_quantized(self.transformer) else {})
+
+    def quantize_int8(self) -> None:
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 weights run on the CPU only; this pipeline is on {self.device}")
+        quantize_int8_(self.transformer)
