@@ -2,6 +2,7 @@
 
     python benchmarks/story_speed.py                          # the bundled default model
     python benchmarks/story_speed.py --model runs/storydalle/model --threads 2 --repeats 5
+    python benchmarks/story_speed.py --int8 --threads 1        # int8 weights in the transformer
 
 Prints one JSON line per phase: `import` (seconds to import storyviz and torch), `load` (model folder ->
 pipeline), then per task (`continuation`: the first frame of a sprites test story as the source, its next 4
@@ -54,12 +55,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top-k", type=int, help="default: the model's own sampling settings")
     parser.add_argument("--guidance", type=float, help="default: the model's own sampling settings")
+    parser.add_argument("--int8", action="store_true", help="int8 weights in the token transformer")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(json.dumps({"phase": "import", "seconds": round(IMPORT_SECONDS, 3)}))
 
     start = time.perf_counter()
-    pipeline = load_pipeline(args.model)
+    pipeline = load_pipeline(args.model, int8=args.int8)
     print(json.dumps({"phase": "load", "seconds": round(time.perf_counter() - start, 3), **pipeline.describe()}))
 
     story = story_record(0, "test", 0, size=pipeline.image_size)
