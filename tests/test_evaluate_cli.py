@@ -54,6 +54,9 @@ def test_a_tokenizer_is_scored_on_its_reconstructions(sprites, capsys):
     assert len(list((out / "samples").glob("*.png"))) == 15
     # an untrained tokenizer draws noise: far below the real frames
     assert report["generated"]["char_f1"] < report["real"]["char_f1"]
+    code = main(["evaluate", "--model", str(sprites / "vqgan"), "--int8", "--data", str(sprites / "data"),
+                 "--out", str(sprites / "report_vqgan_int8")])  # fmt: skip
+    assert code == 2 and "image tokenizer has no int8 form" in capsys.readouterr().err
 
 
 def test_a_story_model_continues_the_split_with_its_sampling_defaults(sprites, capsys):

@@ -1,4 +1,4 @@
-"""The sampling options shared by `storyviz generate` and `storyviz evaluate`.
+"""The sampling options shared by `storyviz generate` and `storyviz evaluate` (and their --int8 switch).
 
 Options not given on the command line take the model's own defaults (`StoryPipeline.sampling`, from the
 "sampling" object of its config.json; the bundled models carry the settings their measured results used).
@@ -21,7 +21,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float)
     group.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
     group.add_argument("--steps", type=int, help="diffusion sampling steps (diffusion models)")
-    group.add_argument(
+    parser.add_argument(
         "--int8",
         action="store_true",
         help="int8 weights for the token transformer (CPU; faster sampling, slightly different frames)",

@@ -58,6 +58,8 @@ def generate_samples(
     model_type = read_weights_config(resolve_model_dir(model))["model_type"]
     records = []
     if model_type in TOKENIZER_TYPES:
+        if int8:
+            raise ValueError(f"{model}: an image tokenizer has no int8 form; --int8 applies to token transformers")
         tokenizer = load_model(model).eval()
         for index in progress(indices, desc="reconstruct", unit="story"):
             story = stories[index]
