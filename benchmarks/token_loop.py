@@ -6,7 +6,7 @@
 
 Variants, all top-k 256 at temperature 1, batch 1 unless stated:
     cached     storyviz.sampling.Engine with its preallocated KV cache
-    cached_int8  the same with the blocks' Linears and the image head in int8 (storyviz.models.quantize)
+    cached_int8  the same with the blocks' Linears and the image head in int8 (storyviz.models.inference)
     cached_rowmajor  the same with the Linear weights stored row-major (nn.Linear's default layout)
     uncached   the same engine recomputing the whole sequence at every step
     mindalle   a re-implementation of minDALL-E's cached loop (a Python list of past keys/values, concatenated

@@ -265,10 +265,8 @@ class Dalle(nn.Module, Pretrained):
         x = self.embed_prompt(text, prefix)
         key_valid = self._key_valid(text, text_mask, prefix_len, 0)
         if key_valid is not None:
-            cache.key_mask = torch.ones(cache.batch, cache.max_len, dtype=torch.bool, device=x.device)
-            cache.key_mask[:, : key_valid.shape[1]] = key_valid
-            cache.key_bias = torch.zeros(cache.key_mask.shape, dtype=x.dtype, device=x.device)
-            cache.key_bias.masked_fill_(~cache.key_mask, float("-inf"))
+            cache.key_bias = torch.zeros(cache.batch, cache.max_len, dtype=x.dtype, device=x.device)
+            cache.key_bias[:, : key_valid.shape[1]].masked_fill_(~key_valid, float("-inf"))
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
         cache.prompt_length = cache.length
         return self.image_logits(hidden[:, -1]).float()

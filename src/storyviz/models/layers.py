@@ -13,9 +13,9 @@ from torch import nn
 class KVCache:
     """Keys and values of every layer, preallocated and filled in place (no concatenation).
 
-    keys, values: (layers, B, heads, max_len, head_dim). `length` positions are filled; `key_mask` (B, max_len)
-    bool, when set, says which cached positions may be attended to (False for masked text padding), and `key_bias`
-    holds it as an additive float mask (0 or -inf), what decoding steps hand to attention.
+    keys, values: (layers, B, heads, max_len, head_dim). `length` positions are filled; `key_bias` (B, max_len),
+    when set, is the additive attention mask of the cached positions (-inf for masked text padding, else 0), what
+    decoding steps hand to attention.
     `prompt_length` is the length of the prompt (prefix + text) once it has been processed.
     `context` holds per-layer state computed once per prompt (StoryDALL-E's cross-attention keys and values).
     """
@@ -37,7 +37,6 @@ class KVCache:
         self._layer_values = [self.values[layer] for layer in range(layers)]
         self.length = 0
         self.prompt_length = 0
-        self.key_mask: torch.Tensor | None = None
         self.key_bias: torch.Tensor | None = None
         self.context: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -53,7 +52,6 @@ class KVCache:
         """Forgets the content (the memory is kept for the next prompt)."""
         self.length = 0
         self.prompt_length = 0
-        self.key_mask = None
         self.key_bias = None
         self.context = {}
 
