@@ -13,7 +13,8 @@ forward pass is split into pieces that a subclass (StoryDALL-E) reuses:
                                                   every block (a cross-attention block can take a context)
     image_logits / text_logits(hidden)            ln_f + head
 and a cached step API used by the sampling engine: allocate_cache, prefill, decode. Linear weights are stored
-column-major (layers.column_major_; same shapes and keys), which makes the one-position decoding steps faster.
+column-major (layers.column_major_; same shapes and keys), which makes the one-position decoding steps faster;
+like the blocks, embed_image and image_logits call their sub-modules' `forward` directly (storyviz.models.layers).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class Dalle(nn.Module, Pretrained):
         end = start + image.shape[1]
         if end > self.config.image_len:
             raise ValueError(f"image position {end - 1} is beyond image_len={self.config.image_len}")
-        return self.drop(self.tok_emb_img(image) + self.pos_emb_img.weight[start:end])
+        return self.drop.forward(self.tok_emb_img.forward(image) + self.pos_emb_img.weight[start:end])
 
     def run_blocks(
         self,
@@ -168,7 +169,7 @@ class Dalle(nn.Module, Pretrained):
 
     def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, V_img)."""
-        return self.head_img(self.ln_f(hidden))
+        return self.head_img.forward(self.ln_f.forward(hidden))
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, V_txt)."""

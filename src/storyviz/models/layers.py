@@ -1,6 +1,10 @@
 """Transformer pieces shared by the token models (DALL-E now, StoryDALL-E next): a preallocated KV cache,
 causal self-attention, the pre-LN block. Parameter names follow minDALL-E (`ln1`, `attn.{key,query,value,proj}`,
 `ln2`, `mlp.0`, `mlp.2`) so its released weights load without renaming.
+
+Blocks and attention call their sub-modules' `forward` directly: nn.Module.__call__'s bookkeeping costs about a
+tenth of a one-position decoding step on a CPU (benchmarks/token_loop.py). Forward hooks on those sub-modules are
+therefore not run (hooks on a block are).
 """
 
 from __future__ import annotations
@@ -118,17 +122,17 @@ class SelfAttention(nn.Module):
         batch, length, width = x.shape
         if self.qkv is None:
             shape = (batch, length, self.heads, width // self.heads)
-            query = self.query(x).view(shape).transpose(1, 2)
-            key = self.key(x).view(shape).transpose(1, 2)
-            value = self.value(x).view(shape).transpose(1, 2)
+            query = self.query.forward(x).view(shape).transpose(1, 2)
+            key = self.key.forward(x).view(shape).transpose(1, 2)
+            value = self.value.forward(x).view(shape).transpose(1, 2)
         else:
-            fused = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads)
+            fused = self.qkv.forward(x).view(batch, length, 3, self.heads, width // self.heads)
             query, key, value = fused.permute(2, 0, 3, 1, 4).unbind(0)
         if cache is not None:
             key, value = cache.store(layer, key, value)
         dropout = self.attention_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=causal)
-        y = self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        y = self.proj.forward(y.transpose(1, 2).reshape(batch, length, width))
         return F.dropout(y, self.dropout) if self.training and self.dropout else y
 
 
@@ -170,9 +174,10 @@ class Block(nn.Module):
         start: int = 0,
         **extra,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), mask=mask, causal=causal, cache=cache, layer=layer)
+        x = x + self.attn.forward(self.ln1.forward(x), mask=mask, causal=causal, cache=cache, layer=layer)
         x = self.after_attention(x, cache=cache, layer=layer, start=start, **extra)
-        y = self.mlp(self.ln2(x))
+        fc1, activation, fc2 = self.mlp
+        y = fc2.forward(activation.forward(fc1.forward(self.ln2.forward(x))))
         return x + (F.dropout(y, self.dropout) if self.training and self.dropout else y)
 
     def after_attention(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
