@@ -1,5 +1,8 @@
 """StoryDALL-E end to end on tiny real parts: data -> image codes -> training -> bundle -> story generation."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from storyviz.data.store import open_dataset
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.storydalle import StoryDallePipeline
 from storyviz.training.loop import train
-from storyviz.training.tasks.storydalle import StoryDalleTask
+from storyviz.training.tasks.storydalle import StoryDalleTask, story_code_loss
 from storyviz.weights import WeightsError
 from tiny_models import tiny_storydalle
 
@@ -115,3 +118,30 @@ def test_training_goes_on_from_a_story_model_with_more_cross_attention(trained):
     vqgan = config.replace(pretrained=str(root / "vqgan"))
     with pytest.raises(ConfigError, match=r"model.pretrained .*vqgan: a 'vqgan' folder; expected a DALL-E bundle"):
         train("storydalle", vqgan, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "bad")
+
+
+def test_story_code_loss_reads_which_codes_each_frame_holds():
+    codes = torch.tensor([[[1, 1, 3], [0, 2, 2]]])  # 1 story, 2 frames of 3 tokens over a codebook of 4
+    right = torch.tensor([[[-1.0, 1, -1, 1], [1, -1, 1, -1]]]) * 30
+    assert story_code_loss(right, codes) < 1e-6
+    assert story_code_loss(-right, codes) > 20
+    assert story_code_loss(torch.zeros(1, 2, 4), codes).item() == pytest.approx(math.log(2))
+
+
+def test_the_story_code_loss_trains_a_head_that_is_checkpointed_but_not_exported(trained):
+    root, model_dir = trained
+    config = StoryDalleTask.model_presets["tiny"].replace(
+        pretrained=str(model_dir), codes=str(root / "codes"), story_code_loss_weight=1.0
+    )
+    schedule = StoryDalleTask.train_presets["tiny"]
+    exported = train("storydalle", config, schedule, str(root / "data"), root / "aux")
+    rows = [json.loads(line) for line in (root / "aux" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["story_code_loss"] for row in rows if "story_code_loss" in row]
+    assert len(losses) == schedule.steps and all(0 < loss < 1 for loss in losses)
+    state = torch.load(root / "aux" / "checkpoints" / "step-0000004" / "training_state.pt", weights_only=False)
+    assert state["extras"]["story_codes"]["weight"].shape == (32, 32)  # codebook x width of the tiny model
+    assert load_pipeline(exported).model.config == load_pipeline(model_dir).model.config  # the head stays behind
+    train("storydalle", config, schedule.replace(steps=6), str(root / "data"), root / "aux", resume=True)
+    with pytest.raises(ConfigError, match="story_code_loss_weight > 0 needs a story encoder"):
+        no_story = config.model.replace(story_encoder=False, dalle=config.model.dalle.replace(prefix_len=0))
+        config.replace(model=no_story)

@@ -7,7 +7,11 @@ rows of one batch: frame 1 without a source frame (the first frame of story visu
 
 Loss (release): CE over image tokens + `text_loss_weight` x CE over text tokens, [PAD] ignored. Captions are
 dropped (all-[PAD] text) with probability `caption_dropout`, which trains the unconditional branch of
-classifier-free guidance. `mode` "prompt" in the model config trains only the new parts and the embeddings.
+classifier-free guidance. Optionally + `story_code_loss_weight` x an auxiliary loss on the story tokens: a linear
+head trained alongside (not exported) predicts from each frame's story token which image codes that frame holds
+(binary cross-entropy over the codebook). The image loss alone teaches the story encoder little: with teacher
+forcing a frame's first tokens give its setting away, and a probe of the story tokens finds little beyond their
+own caption (benchmarks/RESULTS.md). `mode` "prompt" in the model config trains only the new parts and the embeddings.
 
 Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
 frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
@@ -58,6 +62,13 @@ class StoryDalleTaskConfig(Config):
     captions: Literal["plain", "pronoun", "both"] = "both"
     visualization_rows: bool = True
     vocab_size: int = 1024  # BPE vocabulary when training from scratch
+    story_code_loss_weight: float = 0.0  # the auxiliary story-token loss (module docstring); 0 = off
+
+    def __post_init__(self):
+        if self.story_code_loss_weight < 0:
+            raise ConfigError(f"story_code_loss_weight: expected >= 0, got {self.story_code_loss_weight}")
+        if self.story_code_loss_weight and not self.model.story_encoder:
+            raise ConfigError("story_code_loss_weight > 0 needs a story encoder (model.story_encoder is false)")
 
 
 class StoryItems(Dataset):
@@ -160,6 +171,12 @@ class StoryDalleTask(Task):
             base.resize_text_embeddings(config.dalle.text_vocab_size)
         return StoryDalle.from_dalle(base, config)
 
+    def build_extras(self) -> dict[str, nn.Module]:
+        if not self.model_config.story_code_loss_weight:
+            return {}
+        dalle = self._config().dalle
+        return {"story_codes": nn.Linear(dalle.width, dalle.image_vocab_size)}
+
     def dataset(self, split: str) -> Dataset:
         stories = open_dataset(self.data).split(split)
         text, sentences = {}, {}
@@ -205,12 +222,24 @@ class StoryDalleTask(Task):
         if not torch.isfinite(text_loss):  # every caption dropped: no text target
             text_loss = text_logits.sum() * 0.0
         loss = image_loss + self.model_config.text_loss_weight * text_loss
-        return loss, {"image_loss": image_loss.item(), "text_loss": text_loss.item()}
+        logs = {"image_loss": image_loss.item(), "text_loss": text_loss.item()}
+        if "story_codes" in extras:
+            code_loss = story_code_loss(extras["story_codes"](story), codes)
+            loss = loss + self.model_config.story_code_loss_weight * code_loss
+            logs["story_code_loss"] = code_loss.item()
+        return loss, logs
 
     def trainable_parameters(self, model: StoryDalle, extras: nn.ModuleDict):
-        return model.trainable_parameters()
+        return model.trainable_parameters() + list(extras.parameters())
 
     def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
         image_tokenizer = load_model(self.image_tokenizer_dir)
         parts = {"transformer": model, "tokenizer": self.tokenizer, "image_tokenizer": image_tokenizer}
         write_bundle(directory, BUNDLE_TYPE, parts, extra={**extra, "data": self.meta.get("name")})
+
+
+def story_code_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """logits (S, L, V) from the story tokens, codes (S, L, N) -> binary cross-entropy of "code v occurs in frame
+    l", averaged over codebook entries and frames."""
+    present = torch.zeros_like(logits).scatter_(-1, codes, 1.0)
+    return F.binary_cross_entropy_with_logits(logits.float(), present)
