@@ -12,7 +12,7 @@ from storyviz.data.store import open_dataset
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.storydalle import StoryDallePipeline
 from storyviz.training.loop import train
-from storyviz.training.tasks.storydalle import StoryDalleTask, story_code_loss
+from storyviz.training.tasks.storydalle import StoryDalleTask, code_presence, story_code_loss
 from storyviz.weights import WeightsError
 from tiny_models import tiny_storydalle
 
@@ -145,3 +145,9 @@ def test_the_story_code_loss_trains_a_head_that_is_checkpointed_but_not_exported
     with pytest.raises(ConfigError, match="story_code_loss_weight > 0 needs a story encoder"):
         no_story = config.model.replace(story_encoder=False, dalle=config.model.dalle.replace(prefix_len=0))
         config.replace(model=no_story)
+
+
+def test_the_story_code_head_starts_at_the_codebook_base_rates():
+    codes = np.array([[[0, 0, 1], [1, 2, 2]], [[3, 3, 3], [0, 1, 3]]])  # 2 stories x 2 frames x 3 tokens
+    assert code_presence(codes, 5).tolist() == [0.5, 0.75, 0.25, 0.5, 0.0]
+    assert code_presence(codes, 5, stories=1).tolist() == [0.5, 1.0, 0.5, 0.0, 0.0]

@@ -175,7 +175,11 @@ class StoryDalleTask(Task):
         if not self.model_config.story_code_loss_weight:
             return {}
         dalle = self._config().dalle
-        return {"story_codes": nn.Linear(dalle.width, dalle.image_vocab_size)}
+        head = nn.Linear(dalle.width, dalle.image_vocab_size)
+        with torch.no_grad():  # start at the codebook's base rates, which the head would otherwise learn slowly
+            presence = code_presence(self.codes.split("train"), self.codes.codebook_size)
+            head.bias.copy_(torch.logit(presence, eps=1e-4))
+        return {"story_codes": head}
 
     def dataset(self, split: str) -> Dataset:
         stories = open_dataset(self.data).split(split)
@@ -243,3 +247,12 @@ def story_code_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     l", averaged over codebook entries and frames."""
     present = torch.zeros_like(logits).scatter_(-1, codes, 1.0)
     return F.binary_cross_entropy_with_logits(logits.float(), present)
+
+
+def code_presence(codes, codebook_size: int, stories: int = 1000) -> torch.Tensor:
+    """The share of frames in which each code occurs (codebook_size,), over the first `stories` stories of a
+    CodeSplit."""
+    sample = torch.as_tensor(np.stack([codes[index] for index in range(min(stories, len(codes)))]), dtype=torch.long)
+    frames = sample.flatten(0, -2)  # (frames, N)
+    present = torch.zeros(frames.shape[0], codebook_size).scatter_(1, frames, 1.0)
+    return present.mean(dim=0)
