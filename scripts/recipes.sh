@@ -3,6 +3,7 @@
 #   bash scripts/recipes.sh data            build data/sprites and data/digits (10,000 training items each)
 #   bash scripts/recipes.sh judges          train, certify and ship judge-sprites and judge-digits
 #   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1): L1/L2, then the discriminator
+#   bash scripts/recipes.sh vqgan-digits-f4 a digits tokenizer with 16x16 codes (L1/L2 only; not used by the DALL-E)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train and ship ARLDM on sprites (after arldm-vae)
 #   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E
@@ -56,6 +57,7 @@ case "${1:-}" in
             python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
         done ;;
     vqgan-sprites) data; vqgan small-f4 sprites "$WORK/runs/vqgan-sprites-f4" 2000 ;;
+    vqgan-digits-f4) data; train vqgan small-f4 "$WORK/data/digits" "$WORK/runs/vqgan-digits-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
         [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
@@ -94,5 +96,5 @@ case "${1:-}" in
         storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
         storydalle small-prompt storydalle-prompt ;;
-    *) sed -n '2,10p' "$0"; exit 2 ;;
+    *) sed -n '2,11p' "$0"; exit 2 ;;
 esac
