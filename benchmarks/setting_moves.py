@@ -1,0 +1,55 @@
+"""Setting accuracy of generated sprites frames, split by whether the story has moved since frame 1.
+
+    python benchmarks/setting_moves.py SAMPLES_DIR --data DATA [--judge judge-sprites]
+
+SAMPLES_DIR is the `samples` folder that `storyviz evaluate --out OUT` writes (OUT/samples). Prints the share of
+generated frames still in frame 1's setting, the judge's setting accuracy on those and on the others, and how many
+of the others it reads as frame 1's setting (the old background copied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from storyviz.data.store import open_dataset
+from storyviz.evaluation.judges import judge_frames, load_judge
+from storyviz.evaluation.samples import read_samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("samples", help="a samples folder (OUT/samples of storyviz evaluate)")
+    parser.add_argument("--data", required=True, help="the sprites data set the samples were made from")
+    parser.add_argument("--judge", default="judge-sprites")
+    args = parser.parse_args()
+    samples = read_samples(args.samples)
+    stories = open_dataset(args.data).split(samples.split)
+    frames, truth, first = [], [], []
+    for story in samples.stories:
+        setting = np.asarray(stories[story.story_index]["labels"]["setting"])
+        for index, generated in enumerate(story.generated):
+            if generated:
+                frames.append(samples.frame(story, index))
+                truth.append(setting[index])
+                first.append(setting[0])
+    predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]["setting"]
+    truth, first = np.array(truth), np.array(first)
+    stayed = truth == first
+    moved = ~stayed
+    result = {
+        "frames": len(truth),
+        "share_in_first_setting": round(float(stayed.mean()), 3),
+        "accuracy_in_first_setting": round(float((predicted[stayed] == truth[stayed]).mean()), 3),
+        "accuracy_after_a_move": round(float((predicted[moved] == truth[moved]).mean()), 3) if moved.any() else None,
+        "moved_read_as_first_setting": round(float((predicted[moved] == first[moved]).mean()), 3)
+        if moved.any()
+        else None,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
