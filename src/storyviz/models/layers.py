@@ -2,8 +2,8 @@
 causal self-attention, the pre-LN block. Parameter names follow minDALL-E (`ln1`, `attn.{key,query,value,proj}`,
 `ln2`, `mlp.0`, `mlp.2`) so its released weights load without renaming.
 
-Blocks and attention call their sub-modules' `forward` directly: nn.Module.__call__'s bookkeeping costs about a
-tenth of a one-position decoding step on a CPU (benchmarks/token_loop.py). Forward hooks on those sub-modules are
+Blocks and attention call their sub-modules' `forward` directly: nn.Module.__call__'s bookkeeping cost 6-8% of a
+one-position decoding loop on a CPU (in-process A/B; benchmarks/RESULTS.md). Forward hooks on those sub-modules are
 therefore not run (hooks on a block are).
 """
 
