@@ -22,6 +22,7 @@ The product (`run_dir/model`) is a "storydalle-bundle": transformer/ (StoryDalle
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,8 +141,9 @@ class StoryDalleTask(Task):
         story = model_config.model
         self.minilm_sentences = story.story_encoder and story.story.sentences == "minilm"
 
+    @functools.cached_property
     def _config(self) -> StoryDalleConfig:
-        """The model config: from the pretrained DALL-E's architecture when adapting one."""
+        """The model config: from the pretrained DALL-E's architecture when adapting one (read once)."""
         config = self.model_config.model
         if self.base_dir is not None:
             base = load_model(self.base_dir).config
@@ -161,7 +163,7 @@ class StoryDalleTask(Task):
         return config.replace(dalle=config.dalle.replace(text_vocab_size=max(self.tokenizer.vocab_size, 1)))
 
     def build_model(self) -> nn.Module:
-        config = self._config()
+        config = self._config
         if self.base_dir is None:
             return StoryDalle(config)
         base: Dalle | StoryDalle = load_model(self.base_dir)
@@ -174,7 +176,7 @@ class StoryDalleTask(Task):
     def build_extras(self) -> dict[str, nn.Module]:
         if not self.model_config.story_code_loss_weight:
             return {}
-        dalle = self._config().dalle
+        dalle = self._config.dalle
         head = nn.Linear(dalle.width, dalle.image_vocab_size)
         with torch.no_grad():  # start at the codebook's base rates, which the head would otherwise learn slowly
             presence = code_presence(self.codes.split("train"), self.codes.codebook_size)
@@ -245,14 +247,16 @@ class StoryDalleTask(Task):
 def story_code_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """logits (S, L, V) from the story tokens, codes (S, L, N) -> binary cross-entropy of "code v occurs in frame
     l", averaged over codebook entries and frames."""
-    present = torch.zeros_like(logits).scatter_(-1, codes, 1.0)
-    return F.binary_cross_entropy_with_logits(logits.float(), present)
+    return F.binary_cross_entropy_with_logits(logits.float(), _multi_hot(codes, logits.shape[-1]))
 
 
 def code_presence(codes, codebook_size: int, stories: int = 1000) -> torch.Tensor:
     """The share of frames in which each code occurs (codebook_size,), over the first `stories` stories of a
     CodeSplit."""
     sample = torch.as_tensor(np.stack([codes[index] for index in range(min(stories, len(codes)))]), dtype=torch.long)
-    frames = sample.flatten(0, -2)  # (frames, N)
-    present = torch.zeros(frames.shape[0], codebook_size).scatter_(1, frames, 1.0)
-    return present.mean(dim=0)
+    return _multi_hot(sample, codebook_size).flatten(0, -2).mean(dim=0)
+
+
+def _multi_hot(codes: torch.Tensor, size: int) -> torch.Tensor:
+    """codes (..., N) int64 -> (..., size) float: 1 where the code occurs among the N."""
+    return torch.zeros(*codes.shape[:-1], size, device=codes.device).scatter_(-1, codes, 1.0)
