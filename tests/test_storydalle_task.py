@@ -12,7 +12,12 @@ from storyviz.data.store import open_dataset
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.storydalle import StoryDallePipeline
 from storyviz.training.loop import train
-from storyviz.training.tasks.storydalle import StoryDalleTask, code_presence, story_code_loss
+from storyviz.training.tasks.storydalle import (
+    StoryDalleTask,
+    code_presence,
+    image_position_weights,
+    story_code_loss,
+)
 from storyviz.weights import WeightsError
 from tiny_models import tiny_storydalle
 
@@ -131,13 +136,16 @@ def test_story_code_loss_reads_which_codes_each_frame_holds():
 def test_the_story_code_loss_trains_a_head_that_is_checkpointed_but_not_exported(trained):
     root, model_dir = trained
     config = StoryDalleTask.model_presets["tiny"].replace(
-        pretrained=str(model_dir), codes=str(root / "codes"), story_code_loss_weight=1.0
+        pretrained=str(model_dir), codes=str(root / "codes"), story_code_loss_weight=1.0, first_row_loss_weight=4.0
     )
     schedule = StoryDalleTask.train_presets["tiny"]
     exported = train("storydalle", config, schedule, str(root / "data"), root / "aux")
     rows = [json.loads(line) for line in (root / "aux" / "metrics.jsonl").read_text().splitlines()]
-    losses = [row["story_code_loss"] for row in rows if "story_code_loss" in row]
-    assert len(losses) == schedule.steps and all(0 < loss < 1 for loss in losses)
+    rows = [row for row in rows if "story_code_loss" in row]
+    assert len(rows) == schedule.steps and all(0 < row["story_code_loss"] < 1 for row in rows)
+    for row in rows:  # the first row's weight changes the loss, not the logged (plain) image loss
+        plain = row["image_loss"] + config.text_loss_weight * row["text_loss"] + row["story_code_loss"]
+        assert row["loss"] != pytest.approx(plain, rel=1e-4)
     state = torch.load(root / "aux" / "checkpoints" / "step-0000004" / "training_state.pt", weights_only=False)
     assert state["extras"]["story_codes"]["weight"].shape == (32, 32)  # codebook x width of the tiny model
     assert load_pipeline(exported).model.config == load_pipeline(model_dir).model.config  # the head stays behind
@@ -151,3 +159,12 @@ def test_the_story_code_head_starts_at_the_codebook_base_rates():
     codes = np.array([[[0, 0, 1], [1, 2, 2]], [[3, 3, 3], [0, 1, 3]]])  # 2 stories x 2 frames x 3 tokens
     assert code_presence(codes, 5).tolist() == [0.5, 0.75, 0.25, 0.5, 0.0]
     assert code_presence(codes, 5, stories=1).tolist() == [0.5, 1.0, 0.5, 0.0, 0.0]
+
+
+def test_first_row_loss_weights_are_normalised_to_mean_one():
+    weights = image_position_weights(16, 3.0)  # a 4 x 4 grid: the first 4 tokens weigh 3 times the other 12
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[:4].tolist() == pytest.approx([2.0] * 4) and weights[4:].tolist() == pytest.approx([2 / 3] * 12)
+    assert image_position_weights(16, 1.0).tolist() == [1.0] * 16
+    with pytest.raises(ConfigError, match="first_row_loss_weight: expected > 0, got 0"):
+        StoryDalleTask.model_presets["tiny"].replace(first_row_loss_weight=0.0)

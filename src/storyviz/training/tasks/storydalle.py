@@ -11,7 +11,11 @@ classifier-free guidance. Optionally + `story_code_loss_weight` x an auxiliary l
 head trained alongside (not exported) predicts from each frame's story token which image codes that frame holds
 (binary cross-entropy over the codebook). The image loss alone teaches the story encoder little: with teacher
 forcing a frame's first tokens give its setting away, and a probe of the story tokens finds little beyond their
-own caption (benchmarks/RESULTS.md). `mode` "prompt" in the model config trains only the new parts and the embeddings.
+own caption (benchmarks/RESULTS.md). With `first_row_loss_weight` W, the image tokens of the first row of the code
+grid weigh W times the others (weights normalised to mean 1, so W = 1 is the plain mean): there a frame's setting
+is decided, and a frame after a move must leave the source frame's background, which teacher forcing otherwise
+teaches through about one token in a thousand. `mode` "prompt" in the model config trains only the new parts and
+the embeddings.
 
 Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
 frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
@@ -23,6 +27,7 @@ The product (`run_dir/model`) is a "storydalle-bundle": transformer/ (StoryDalle
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,8 +69,11 @@ class StoryDalleTaskConfig(Config):
     visualization_rows: bool = True
     vocab_size: int = 1024  # BPE vocabulary when training from scratch
     story_code_loss_weight: float = 0.0  # the auxiliary story-token loss (module docstring); 0 = off
+    first_row_loss_weight: float = 1.0  # weight of the first row of image tokens vs the others (module docstring)
 
     def __post_init__(self):
+        if self.first_row_loss_weight <= 0:
+            raise ConfigError(f"first_row_loss_weight: expected > 0, got {self.first_row_loss_weight}")
         if self.story_code_loss_weight < 0:
             raise ConfigError(f"story_code_loss_weight: expected >= 0, got {self.story_code_loss_weight}")
         if self.story_code_loss_weight and not self.model.story_encoder:
@@ -220,14 +228,17 @@ class StoryDalleTask(Task):
             source=rows(source),
             source_rows=rows(frames) > 0,
         )
-        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), rows(codes).flatten())
+        token_losses = F.cross_entropy(image_logits.flatten(0, 1).float(), rows(codes).flatten(), reduction="none")
+        image_loss = token_losses.mean()
+        weights = image_position_weights(codes.shape[-1], self.model_config.first_row_loss_weight)
         targets = rows(text)[:, -text_logits.shape[1] :]
         text_loss = F.cross_entropy(
             text_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=model.config.dalle.pad_id
         )
         if not torch.isfinite(text_loss):  # every caption dropped: no text target
             text_loss = text_logits.sum() * 0.0
-        loss = image_loss + self.model_config.text_loss_weight * text_loss
+        weighted = (token_losses.view(-1, weights.shape[0]) * weights).mean()
+        loss = weighted + self.model_config.text_loss_weight * text_loss
         logs = {"image_loss": image_loss.item(), "text_loss": text_loss.item()}
         if "story_codes" in extras:
             code_loss = story_code_loss(extras["story_codes"](story), codes)
@@ -242,6 +253,14 @@ class StoryDalleTask(Task):
         image_tokenizer = load_model(self.image_tokenizer_dir)
         parts = {"transformer": model, "tokenizer": self.tokenizer, "image_tokenizer": image_tokenizer}
         write_bundle(directory, BUNDLE_TYPE, parts, extra={**extra, "data": self.meta.get("name")})
+
+
+def image_position_weights(image_len: int, first_row_weight: float) -> torch.Tensor:
+    """(image_len,) loss weights of the image positions: the first row of the square code grid `first_row_weight`
+    times the others, normalised to mean 1."""
+    weights = torch.ones(image_len)
+    weights[: math.isqrt(image_len)] = first_row_weight
+    return weights / weights.mean()
 
 
 def story_code_loss(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
