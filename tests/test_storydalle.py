@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from storyviz.config import ConfigError
 from storyviz.models.cross_attention import CrossAttention
 from storyviz.models.dalle import PRESETS as DALLE_PRESETS
 from storyviz.models.dalle import Dalle
@@ -21,7 +22,7 @@ def make_model(config=TINY, seed=0, open_gates=True) -> StoryDalle:
     if open_gates:  # a trained model's cross-attention is open; a closed one (zero projection) would hide it
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if ".cross.proj." in name:
+                if ".cross.proj." in name or ".cross.story." in name:
                     parameter.normal_(0.0, 0.05)
     return model.eval()
 
@@ -104,10 +105,12 @@ def test_first_image_token_is_read_after_the_prefix():
     assert not torch.allclose(wrong, first)
 
 
-@pytest.mark.parametrize("prompt_len", [0, 3])
-def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len):
+@pytest.mark.parametrize(("prompt_len", "story_to_image"), [(0, False), (3, False), (3, True)])
+def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len, story_to_image):
     """Bug 2 of the release: cached single-token steps got no cross-attention output."""
-    config = story_config(BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len)
+    config = story_config(
+        BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len, story_to_image=story_to_image
+    )
     model = make_model(config)
     text, image, source, sentences = inputs(config=config)
     story = model.story_tokens(sentences)[0]
@@ -190,6 +193,27 @@ def test_more_cross_attention_layers_on_a_trained_story_model_leave_it_unchanged
         StoryDalle.from_story(trained, TINY.replace(cross_attention_every=2))
     with pytest.raises(WeightsError, match="may differ only in cross_attention_every"):
         StoryDalle.from_story(trained, TINY.replace(gated=False))
+
+
+def test_story_to_image_starts_closed_and_then_reaches_only_the_image_predictions():
+    trained = make_model().float()
+    model = StoryDalle.from_story(trained, TINY.replace(story_to_image=True)).eval()
+    text, image, source, sentences = inputs()
+    story = trained.story_tokens(sentences.float())[0]
+    for rows_source in (source, None):  # with a source frame, and without one (story visualization's first frame)
+        expected = trained(text, image, story=story, source=rows_source)
+        torch.testing.assert_close(model(text, image, story=story, source=rows_source), expected, rtol=0, atol=0)
+    with torch.no_grad():
+        model.dalle.blocks[2].cross.story.weight.normal_(0.0, 0.05)
+    for rows_source in (source, None):
+        text_logits, image_logits = model(text, image, story=story, source=rows_source)
+        before_text, before_image = trained(text, image, story=story, source=rows_source)
+        torch.testing.assert_close(text_logits, before_text, rtol=0, atol=0)  # text positions do not see it
+        assert (image_logits - before_image).abs().amax(dim=-1).min() > 1e-4  # every image prediction does
+    with pytest.raises(WeightsError, match="turning story_to_image on"):
+        StoryDalle.from_story(model, TINY)
+    with pytest.raises(ConfigError, match="story_to_image needs a story encoder"):
+        story_config(BASE, story_encoder=False, story_to_image=True)
 
 
 def test_from_dalle_refuses_another_architecture():

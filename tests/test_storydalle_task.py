@@ -112,13 +112,15 @@ def test_names_and_characters_the_model_never_saw_are_accepted(trained):
     assert len(result.frames) == 2 and result.captions == captions
 
 
-def test_training_goes_on_from_a_story_model_with_more_cross_attention(trained):
+def test_training_goes_on_from_a_story_model_with_more_cross_attention_and_story_to_image(trained):
     root, model_dir = trained
     config = StoryDalleTask.model_presets["tiny"].replace(pretrained=str(model_dir), codes=str(root / "codes"))
-    more = config.replace(model=config.model.replace(cross_attention_every=1))
+    more = config.replace(model=config.model.replace(cross_attention_every=1, story_to_image=True))
     again = train("storydalle", more, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "more")
     before, after = load_pipeline(model_dir), load_pipeline(again)
     assert before.model.config.cross_layers == [2] and after.model.config.cross_layers == [0, 1, 2]
+    assert not before.model.config.story_to_image and after.model.config.story_to_image
+    assert after.model.dalle.blocks[0].cross.story.weight.abs().sum() > 0  # trained from zero
     assert after.tokenizer.vocab_size == before.tokenizer.vocab_size
     vqgan = config.replace(pretrained=str(root / "vqgan"))
     with pytest.raises(ConfigError, match=r"model.pretrained .*vqgan: a 'vqgan' folder; expected a DALL-E bundle"):

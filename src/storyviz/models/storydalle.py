@@ -42,6 +42,7 @@ class StoryDalleConfig(Config):
     cross_attention_every: int = 3  # 0: no cross-attention (ablation)
     gated: bool = True  # the cross-attention's output projection starts at zero (see cross_attention.py)
     position_bias: bool = True  # learned 2-D offset bias in the cross-attention (storyviz's; see cross_attention.py)
+    story_to_image: bool = False  # the story token also added in every cross-attention block (cross_attention.py)
     story_encoder: bool = True
     story: StoryEncoderConfig = field(default_factory=StoryEncoderConfig)
     prompt_len: int = 0  # > 0: a learned prompt (prompt tuning)
@@ -68,6 +69,8 @@ class StoryDalleConfig(Config):
             raise ConfigError(
                 f"StoryDalleConfig.max_frames {self.max_frames} exceeds story.max_frames {self.story.max_frames}"
             )
+        if self.story_to_image and not (self.story_encoder and self.cross_layers):
+            raise ConfigError("StoryDalleConfig.story_to_image needs a story encoder and cross-attention layers")
         if self.mode == "prompt" and self.prompt_len == 0 and not self.story_encoder and not self.cross_layers:
             raise ConfigError("StoryDalleConfig: prompt tuning needs something new to train (a prompt, story or cross)")
 
@@ -144,6 +147,7 @@ class StoryDalle(nn.Module, Pretrained):
                 dalle.mlp_ratio,
                 gated=config.gated,
                 grid=math.isqrt(dalle.image_len) if config.position_bias else 0,
+                story_to_image=config.story_to_image,
                 attention_dropout=dalle.attention_dropout,
                 dropout=dalle.residual_dropout,
             )
@@ -178,13 +182,17 @@ class StoryDalle(nn.Module, Pretrained):
 
     @classmethod
     def from_story(cls, story: StoryDalle, config: StoryDalleConfig) -> StoryDalle:
-        """Builds a StoryDALL-E from a trained one with more cross-attention layers (`config` may differ from
-        `story.config` only in `cross_attention_every`, keeping every layer it had): every weight is copied and the
-        new cross-attention sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
-        if story.config.replace(cross_attention_every=config.cross_attention_every) != config:
+        """Builds a StoryDALL-E from a trained one with more cross-attention layers or `story_to_image` turned on
+        (`config` may differ from `story.config` only there, keeping every layer it had): every weight is copied
+        and the new sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
+        grown = story.config.replace(
+            cross_attention_every=config.cross_attention_every,
+            story_to_image=story.config.story_to_image or config.story_to_image,
+        )
+        if grown != config:
             raise WeightsError(
-                "StoryDalle.from_story: the configs may differ only in cross_attention_every: "
-                f"{story.config.to_dict()} vs {config.to_dict()}"
+                "StoryDalle.from_story: the configs may differ only in cross_attention_every and in turning "
+                f"story_to_image on: {story.config.to_dict()} vs {config.to_dict()}"
             )
         dropped = sorted(set(story.config.cross_layers) - set(config.cross_layers))
         if dropped:
@@ -232,16 +240,24 @@ class StoryDalle(nn.Module, Pretrained):
         return self.dalle.tok_emb_img(source) + self.dalle.pos_emb_img.weight[: source.shape[1]]
 
     def block_inputs(
-        self, source: torch.Tensor | None, text_len: int, source_rows: torch.Tensor | None = None
+        self,
+        source: torch.Tensor | None,
+        text_len: int,
+        source_rows: torch.Tensor | None = None,
+        story: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """The keyword arguments the cross-attention blocks read (see CrossBlock); source_rows (B,) bool: rows that
-        have a source frame (default: all)."""
+        have a source frame (default: all); story (B, D): the rows' story tokens (read with `story_to_image`)."""
+        kwargs: dict[str, Any] = {}
+        cross_from = self.config.prefix_len + text_len - 1
+        if self.config.story_to_image and story is not None:
+            kwargs.update(story=story, cross_from=cross_from)
         context = self.source_context(source)
         if context is None:
-            return {}
+            return kwargs
         if source_rows is None:
             source_rows = torch.ones(source.shape[0], dtype=torch.bool, device=source.device)
-        return {"context": context, "context_rows": source_rows, "cross_from": self.config.prefix_len + text_len - 1}
+        return {**kwargs, "context": context, "context_rows": source_rows, "cross_from": cross_from}
 
     def generation_inputs(
         self,
@@ -254,7 +270,7 @@ class StoryDalle(nn.Module, Pretrained):
 
         Use as `Engine(model.dalle).generate(text, config, prefix=prefix, **block_kwargs)`; with guidance, add
         `unconditional_kwargs=model.unconditional_inputs(block_kwargs)`."""
-        return self.prefix(story, batch), self.block_inputs(source, text_len)
+        return self.prefix(story, batch), self.block_inputs(source, text_len, story=story)
 
     def unconditional_inputs(self, block_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The guidance branch's block keyword arguments: without the source frame, as it is without the caption,
@@ -277,7 +293,7 @@ class StoryDalle(nn.Module, Pretrained):
         (None: no source frame), source_rows (B,) bool (rows whose source is real; None: all)
         -> (text_logits (B, T', V_txt), image_logits (B, N, V_img)), as Dalle.forward with the prefix."""
         prefix = self.prefix(story, text.shape[0])
-        return self.dalle(text, image, prefix=prefix, **self.block_inputs(source, text.shape[1], source_rows))
+        return self.dalle(text, image, prefix=prefix, **self.block_inputs(source, text.shape[1], source_rows, story))
 
     # --- training -------------------------------------------------------------------------------------------
 

@@ -155,8 +155,11 @@ class StoryDalleTask(Task):
         config = self.model_config.model
         if self.base_dir is not None:
             base = load_model(self.base_dir).config
-            if isinstance(base, StoryDalleConfig):  # a story model: only more cross-attention layers may be asked
-                config = base.replace(cross_attention_every=config.cross_attention_every)
+            if isinstance(base, StoryDalleConfig):  # a story model: more cross-attention layers or story_to_image
+                config = base.replace(
+                    cross_attention_every=config.cross_attention_every,
+                    story_to_image=base.story_to_image or config.story_to_image,
+                )
             else:
                 config = config.replace(dalle=base.replace(prefix_len=config.prefix_len))
         if self.base_dir is None:  # from scratch: the sizes follow the codes and the tokenizer
