@@ -22,7 +22,7 @@ def make_model(config=TINY, seed=0, open_gates=True) -> StoryDalle:
     if open_gates:  # a trained model's cross-attention is open; a closed one (zero projection) would hide it
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if ".cross.proj." in name or ".cross.story." in name:
+                if any(f".cross.{part}." in name for part in ("proj", "story", "copy_gate")):
                     parameter.normal_(0.0, 0.05)
     return model.eval()
 
@@ -105,11 +105,12 @@ def test_first_image_token_is_read_after_the_prefix():
     assert not torch.allclose(wrong, first)
 
 
-@pytest.mark.parametrize(("prompt_len", "story_to_image"), [(0, False), (3, False), (3, True)])
-def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len, story_to_image):
-    """Bug 2 of the release: cached single-token steps got no cross-attention output."""
+@pytest.mark.parametrize(("prompt_len", "additions"), [(0, False), (3, False), (3, True)])
+def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len, additions):
+    """Bug 2 of the release: cached single-token steps got no cross-attention output. additions: storyviz's
+    story_to_image and copy_gate on."""
     config = story_config(
-        BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len, story_to_image=story_to_image
+        BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len, story_to_image=additions, copy_gate=additions
     )
     model = make_model(config)
     text, image, source, sentences = inputs(config=config)
@@ -210,10 +211,25 @@ def test_story_to_image_starts_closed_and_then_reaches_only_the_image_prediction
         before_text, before_image = trained(text, image, story=story, source=rows_source)
         torch.testing.assert_close(text_logits, before_text, rtol=0, atol=0)  # text positions do not see it
         assert (image_logits - before_image).abs().amax(dim=-1).min() > 1e-4  # every image prediction does
-    with pytest.raises(WeightsError, match="turning story_to_image on"):
+    with pytest.raises(WeightsError, match="turning story_to_image or copy_gate on"):
         StoryDalle.from_story(model, TINY)
     with pytest.raises(ConfigError, match="story_to_image needs a story encoder"):
         story_config(BASE, story_encoder=False, story_to_image=True)
+
+
+def test_copy_gate_starts_at_one_and_can_close_the_source_frame():
+    trained = make_model().float()
+    model = StoryDalle.from_story(trained, TINY.replace(copy_gate=True)).eval()
+    text, image, source, sentences = inputs()
+    story = trained.story_tokens(sentences.float())[0]
+    expected = trained(text, image, story=story, source=source)[1]
+    torch.testing.assert_close(model(text, image, story=story, source=source)[1], expected, rtol=0, atol=0)
+    with torch.no_grad():  # tanh -> -1: the gate shuts, as if the frame had no source
+        model.dalle.blocks[2].cross.copy_gate.bias.fill_(-30.0)
+    without_source = trained(text, image, story=story, source=None)[1]
+    closed = model(text, image, story=story, source=source)[1]
+    torch.testing.assert_close(closed, without_source, rtol=0, atol=1e-5)
+    assert (expected - without_source).abs().max() > 1e-3
 
 
 def test_from_dalle_refuses_another_architecture():

@@ -27,6 +27,11 @@ position from `cross_from` on, so that the cross-attention query and the layers 
 projection starts at zero (outputs unchanged at step 0). Without it, the story token is one prefix position that a
 trained model hardly reads: on sprites, replacing the story tokens by another story's changes the loss of a frame's
 first image token by less than 2%, also after a move, where the source frame's background is the wrong one to copy.
+
+With `copy_gate` (storyviz's addition), the cross-attention output is scaled per position and channel by
+1 + tanh(W ln(x) + b), W and b starting at zero (a factor of 1: outputs unchanged at step 0). Softmax attention
+cannot decline to read the source, least of all with the position bias; the gate lets a position take less of the
+source frame, e.g. where the story token says the characters have gone somewhere else.
 """
 
 from __future__ import annotations
@@ -44,9 +49,18 @@ ALIGNED_BIAS = 6.0  # its initial value at offset (0, 0): most attention on the 
 class CrossAttention(nn.Module):
     """Multi-head attention from x (B, L, D) to a context (B, S, D), no causal mask -> (B, L, D)."""
 
-    def __init__(self, width: int, heads: int, gated: bool = True, grid: int = 0, story_to_image: bool = False):
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        gated: bool = True,
+        grid: int = 0,
+        story_to_image: bool = False,
+        copy_gate: bool = False,
+    ):
         """grid > 0: the side of the (square) token grid of the generated and source images; enables the
-        position bias. story_to_image: a zero-initialised projection `story` of the story token (see CrossBlock)."""
+        position bias. story_to_image: a zero-initialised projection `story` of the story token (see CrossBlock).
+        copy_gate: a zero-initialised Linear `copy_gate` scaling the output by 1 + tanh(copy_gate(ln_query(x)))."""
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -66,11 +80,8 @@ class CrossAttention(nn.Module):
             bias = torch.zeros(heads, 2 * RADIUS + 1, 2 * RADIUS + 1)
             bias[:, RADIUS, RADIUS] = ALIGNED_BIAS
             self.position_bias = nn.Parameter(bias)
-        self.story = None
-        if story_to_image:
-            self.story = nn.Linear(width, width)
-            nn.init.zeros_(self.story.weight)
-            nn.init.zeros_(self.story.bias)
+        self.story = _zero_linear(width) if story_to_image else None
+        self.copy_gate = _zero_linear(width) if copy_gate else None
 
     def score_bias(self, targets: torch.Tensor, sources: int) -> torch.Tensor:
         """targets (L,) indices of the image tokens being predicted -> additive scores (heads, L, sources)."""
@@ -97,14 +108,23 @@ class CrossAttention(nn.Module):
         """x (B, L, D); keys/values (B, heads, S, head_dim); targets (L,): the image token index each row of x
         predicts (needed with the position bias) -> (B, L, D)."""
         batch, length, width = x.shape
-        query = self.query(self.ln_query(x)).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+        x = self.ln_query(x)
+        query = self.query(x).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
         mask = None
         if self.position_bias is not None:
             if targets is None:
                 raise ValueError("cross-attention with a position bias needs the target index of every row")
             mask = self.score_bias(targets, keys.shape[2]).to(query.dtype)[None]
         y = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        y = self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        return y if self.copy_gate is None else y * (1 + torch.tanh(self.copy_gate(x)))
+
+
+def _zero_linear(width: int) -> nn.Linear:
+    linear = nn.Linear(width, width)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 class CrossBlock(Block):
@@ -128,10 +148,11 @@ class CrossBlock(Block):
         gated: bool = True,
         grid: int = 0,
         story_to_image: bool = False,
+        copy_gate: bool = False,
         **block_kwargs,
     ):
         super().__init__(width, heads, mlp_ratio, **block_kwargs)
-        self.cross = CrossAttention(width, heads, gated, grid, story_to_image)
+        self.cross = CrossAttention(width, heads, gated, grid, story_to_image, copy_gate)
 
     def after_attention(
         self,

@@ -43,6 +43,7 @@ class StoryDalleConfig(Config):
     gated: bool = True  # the cross-attention's output projection starts at zero (see cross_attention.py)
     position_bias: bool = True  # learned 2-D offset bias in the cross-attention (storyviz's; see cross_attention.py)
     story_to_image: bool = False  # the story token also added in every cross-attention block (cross_attention.py)
+    copy_gate: bool = False  # a gate per position on what the cross-attention takes from the source (same file)
     story_encoder: bool = True
     story: StoryEncoderConfig = field(default_factory=StoryEncoderConfig)
     prompt_len: int = 0  # > 0: a learned prompt (prompt tuning)
@@ -148,6 +149,7 @@ class StoryDalle(nn.Module, Pretrained):
                 gated=config.gated,
                 grid=math.isqrt(dalle.image_len) if config.position_bias else 0,
                 story_to_image=config.story_to_image,
+                copy_gate=config.copy_gate,
                 attention_dropout=dalle.attention_dropout,
                 dropout=dalle.residual_dropout,
             )
@@ -182,17 +184,18 @@ class StoryDalle(nn.Module, Pretrained):
 
     @classmethod
     def from_story(cls, story: StoryDalle, config: StoryDalleConfig) -> StoryDalle:
-        """Builds a StoryDALL-E from a trained one with more cross-attention layers or `story_to_image` turned on
+        """Builds a StoryDALL-E from a trained one with more cross-attention layers, `story_to_image` or `copy_gate` on
         (`config` may differ from `story.config` only there, keeping every layer it had): every weight is copied
         and the new sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
         grown = story.config.replace(
             cross_attention_every=config.cross_attention_every,
             story_to_image=story.config.story_to_image or config.story_to_image,
+            copy_gate=story.config.copy_gate or config.copy_gate,
         )
         if grown != config:
             raise WeightsError(
                 "StoryDalle.from_story: the configs may differ only in cross_attention_every and in turning "
-                f"story_to_image on: {story.config.to_dict()} vs {config.to_dict()}"
+                f"story_to_image or copy_gate on: {story.config.to_dict()} vs {config.to_dict()}"
             )
         dropped = sorted(set(story.config.cross_layers) - set(config.cross_layers))
         if dropped:
