@@ -116,13 +116,14 @@ def test_sampling_config_errors():
 # --- engine -------------------------------------------------------------------------------------------------------
 
 
-def greedy_reference(model, text, prefix=None, scale=1.0):
-    """Uncached greedy decoding written out with the model's full forward, with guidance done by hand."""
+def greedy_reference(model, text, prefix=None, scale=1.0, start=0):
+    """Uncached greedy decoding written out with the model's full forward, with guidance done by hand (from image
+    token `start` on)."""
     image = torch.zeros(text.shape[0], 0, dtype=torch.long)
     all_logits = []
-    for _ in range(model.config.image_len):
+    for step in range(model.config.image_len):
         logits = model.next_image_logits(text, image, prefix)
-        if scale != 1.0:
+        if scale != 1.0 and step >= start:
             empty = torch.full_like(text, model.config.pad_id)
             unconditional = model.next_image_logits(empty, image, prefix)
             logits = unconditional + scale * (logits - unconditional)
@@ -169,6 +170,14 @@ def test_guidance():
         guided = Engine(model, use_cache=use_cache).generate(text, SamplingConfig(top_k=1, guidance_scale=4.0))
         assert torch.equal(guided.tokens[:, 0], expected)
     assert not torch.equal(expected, plain[:, 0])
+    # guidance from token 5 on: the first five tokens are the plain ones, then guidance steers
+    late, _ = greedy_reference(model, text, scale=4.0, start=5)
+    for use_cache in (True, False):
+        config = SamplingConfig(top_k=1, guidance_scale=4.0, guidance_start=5)
+        assert torch.equal(Engine(model, use_cache=use_cache).generate(text, config).tokens[:, 0], late)
+    assert torch.equal(late[:, :5], plain[:, 0, :5]) and not torch.equal(late, plain[:, 0])
+    with pytest.raises(ConfigError, match="guidance_start: expected >= 0"):
+        SamplingConfig(guidance_start=-1)
 
 
 def test_seed_gives_identical_output_and_candidates_differ():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-FLAGS = ("seed", "candidates", "top_k", "top_p", "temperature", "guidance", "steps")
+FLAGS = ("seed", "candidates", "top_k", "top_p", "temperature", "guidance", "guidance_start", "steps")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", type=float)
     group.add_argument("--temperature", type=float)
     group.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off)")
+    group.add_argument(
+        "--guidance-start",
+        type=int,
+        help="token models: the image tokens before this index are sampled without guidance (e.g. 64: the first "
+        "4 rows of a 16x16 grid, where a frame's background is decided)",
+    )
     group.add_argument("--steps", type=int, help="diffusion sampling steps (diffusion models)")
     parser.add_argument(
         "--int8",

@@ -36,6 +36,7 @@ class SamplingOptions(Config):
     top_p: float = 1.0
     temperature: float = 1.0
     guidance: float = 1.0  # classifier-free guidance scale; 1 = plain conditional
+    guidance_start: int = 0  # token models: image tokens before this one are sampled without guidance
     steps: int = 50  # diffusion sampling steps
 
 

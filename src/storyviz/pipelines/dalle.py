@@ -70,6 +70,7 @@ class DallePipeline(StoryPipeline):
             top_k=options.top_k,
             top_p=options.top_p,
             guidance_scale=options.guidance,
+            guidance_start=options.guidance_start,
             candidates=options.candidates,
             seed=options.seed,
         )

@@ -28,12 +28,14 @@ from storyviz.sampling.filters import filtered_distribution, guidance
 @dataclass(frozen=True)
 class SamplingConfig(Config):
     """How to sample. top_k 0 and top_p 1 switch those filters off; top_k 1 is exact greedy decoding.
-    guidance_scale 1 is plain conditional sampling. seed None draws from torch's global generator."""
+    guidance_scale 1 is plain conditional sampling; image tokens before `guidance_start` are sampled without
+    guidance (the guidance branch still reads them). seed None draws from torch's global generator."""
 
     temperature: float = 1.0
     top_k: int = 256
     top_p: float = 1.0
     guidance_scale: float = 1.0
+    guidance_start: int = 0
     candidates: int = 1
     seed: int | None = 0
 
@@ -44,6 +46,8 @@ class SamplingConfig(Config):
             raise ConfigError(f"SamplingConfig.top_k: expected >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"SamplingConfig.top_p: expected a value in (0, 1], got {self.top_p}")
+        if self.guidance_start < 0:
+            raise ConfigError(f"SamplingConfig.guidance_start: expected >= 0, got {self.guidance_start}")
         if self.candidates < 1:
             raise ConfigError(f"SamplingConfig.candidates: expected >= 1, got {self.candidates}")
 
@@ -168,7 +172,11 @@ class Engine:
                     text, out[:, :step].repeat(2 if guided else 1, 1), prefix, **block_kwargs
                 )
             if guided:
-                logits = guidance(logits[:rows], logits[rows:], config.guidance_scale)
+                logits = (
+                    guidance(logits[:rows], logits[rows:], config.guidance_scale)
+                    if step >= config.guidance_start
+                    else logits[:rows]
+                )
             token = sample_next(logits, config, generator)
             out[:, step] = token
             yield step, out[:, : step + 1].view(batch, candidates, step + 1)

@@ -12,10 +12,10 @@ head trained alongside (not exported) predicts from each frame's story token whi
 (binary cross-entropy over the codebook). The image loss alone teaches the story encoder little: with teacher
 forcing a frame's first tokens give its setting away, and a probe of the story tokens finds little beyond their
 own caption (benchmarks/RESULTS.md). With `first_row_loss_weight` W, the image tokens of the first row of the code
-grid weigh W times the others (weights normalised to mean 1, so W = 1 is the plain mean): there a frame's setting
-is decided, and a frame after a move must leave the source frame's background, which teacher forcing otherwise
-teaches through about one token in a thousand. `mode` "prompt" in the model config trains only the new parts and
-the embeddings.
+grid weigh W times the others (weights normalised to mean 1, so W = 1 is the plain mean): a frame's background is
+decided by its first tokens (teacher forcing gives the rest away), so a frame after a move teaches leaving the
+source frame's background through about one token of its 256. `mode` "prompt" in the model config trains only
+the new parts and the embeddings.
 
 Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
 frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
