@@ -4,7 +4,8 @@
 
 SAMPLES_DIR is the `samples` folder that `storyviz evaluate --out OUT` writes (OUT/samples). Prints the share of
 generated frames still in frame 1's setting, the judge's setting accuracy on those and on the others, and how many
-of the others it reads as frame 1's setting (the old background copied).
+of the others it reads as frame 1's setting (the old background copied); then the accuracy on the frames after a
+move split into the move frame itself (its caption names the new place) and the later ones (captions silent on it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     samples = read_samples(args.samples)
     stories = open_dataset(args.data).split(samples.split)
-    frames, truth, first = [], [], []
+    frames, truth, first, previous = [], [], [], []
     for story in samples.stories:
         setting = np.asarray(stories[story.story_index]["labels"]["setting"])
         for index, generated in enumerate(story.generated):
@@ -35,8 +36,9 @@ def main() -> None:
                 frames.append(samples.frame(story, index))
                 truth.append(setting[index])
                 first.append(setting[0])
+                previous.append(setting[index - 1] if index else setting[0])
     predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]["setting"]
-    truth, first = np.array(truth), np.array(first)
+    truth, first, previous = np.array(truth), np.array(first), np.array(previous)
     stayed = truth == first
     moved = ~stayed
     result = {
@@ -48,6 +50,8 @@ def main() -> None:
         if moved.any()
         else None,
     }
+    for name, where in (("move_frame", moved & (truth != previous)), ("later_after_move", moved & (truth == previous))):
+        result[f"accuracy_{name}"] = round(float((predicted[where] == truth[where]).mean()), 3) if where.any() else None
     print(json.dumps(result))
 
 
