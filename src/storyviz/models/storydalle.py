@@ -7,7 +7,7 @@ Three additions to a (pretrained) `Dalle`:
   per frame, prepended to that frame's text;
 - for prompt tuning, a learned prompt of `prompt_len` vectors through a Linear-Tanh-Linear re-parameterisation,
   prepended before the story token (the base transformer frozen; see `trainable_parameters`).
-storyviz's own options, off by default and described in cross_attention.py: `position_bias` (on by default),
+storyviz's own options, described in cross_attention.py: `position_bias` (on by default) and, off by default,
 `story_to_image` (the story token also added to the image positions) and `copy_gate` (a gate on the source frame).
 
 Sequence of one frame:  [prompt (prompt_len) | story token (1) | text (T) | image (N)]; with P = prompt_len + 1
