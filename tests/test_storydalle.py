@@ -215,6 +215,8 @@ def test_story_to_image_starts_closed_and_then_reaches_only_the_image_prediction
         StoryDalle.from_story(model, TINY)
     with pytest.raises(ConfigError, match="story_to_image needs a story encoder"):
         story_config(BASE, story_encoder=False, story_to_image=True)
+    with pytest.raises(ConfigError, match="copy_gate needs cross-attention layers"):
+        story_config(BASE, cross_attention_every=0, copy_gate=True)
 
 
 def test_copy_gate_starts_at_one_and_can_close_the_source_frame():

@@ -74,6 +74,8 @@ class StoryDalleConfig(Config):
             )
         if self.story_to_image and not (self.story_encoder and self.cross_layers):
             raise ConfigError("StoryDalleConfig.story_to_image needs a story encoder and cross-attention layers")
+        if self.copy_gate and not self.cross_layers:
+            raise ConfigError("StoryDalleConfig.copy_gate needs cross-attention layers (cross_attention_every > 0)")
         if self.mode == "prompt" and self.prompt_len == 0 and not self.story_encoder and not self.cross_layers:
             raise ConfigError("StoryDalleConfig: prompt tuning needs something new to train (a prompt, story or cross)")
 

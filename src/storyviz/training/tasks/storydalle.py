@@ -234,7 +234,7 @@ class StoryDalleTask(Task):
         )
         token_losses = F.cross_entropy(image_logits.flatten(0, 1).float(), rows(codes).flatten(), reduction="none")
         image_loss = token_losses.mean()
-        weights = image_position_weights(codes.shape[-1], self.model_config.first_row_loss_weight)
+        weights = image_position_weights(codes.shape[-1], self.model_config.first_row_loss_weight).to(codes.device)
         targets = rows(text)[:, -text_logits.shape[1] :]
         text_loss = F.cross_entropy(
             text_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=model.config.dalle.pad_id
