@@ -83,6 +83,15 @@ class StoryDalleConfig(Config):
     def prefix_len(self) -> int:
         return self.prompt_len + (1 if self.story_encoder else 0)
 
+    def grown(self, requested: StoryDalleConfig) -> StoryDalleConfig:
+        """This (trained) architecture with what training on may add from `requested`: its cross_attention_every,
+        and story_to_image / copy_gate turned on (never off)."""
+        return self.replace(
+            cross_attention_every=requested.cross_attention_every,
+            story_to_image=self.story_to_image or requested.story_to_image,
+            copy_gate=self.copy_gate or requested.copy_gate,
+        )
+
     @property
     def cross_layers(self) -> list[int]:
         every = self.cross_attention_every
@@ -191,12 +200,7 @@ class StoryDalle(nn.Module, Pretrained):
         """Builds a StoryDALL-E from a trained one with more cross-attention layers, `story_to_image` or `copy_gate` on
         (`config` may differ from `story.config` only there, keeping every layer it had): every weight is copied
         and the new sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
-        grown = story.config.replace(
-            cross_attention_every=config.cross_attention_every,
-            story_to_image=story.config.story_to_image or config.story_to_image,
-            copy_gate=story.config.copy_gate or config.copy_gate,
-        )
-        if grown != config:
+        if story.config.grown(config) != config:
             raise WeightsError(
                 "StoryDalle.from_story: the configs may differ only in cross_attention_every and in turning "
                 f"story_to_image or copy_gate on: {story.config.to_dict()} vs {config.to_dict()}"

@@ -155,12 +155,8 @@ class StoryDalleTask(Task):
         config = self.model_config.model
         if self.base_dir is not None:
             base = load_model(self.base_dir).config
-            if isinstance(base, StoryDalleConfig):  # a story model: may add cross layers, story_to_image, copy_gate
-                config = base.replace(
-                    cross_attention_every=config.cross_attention_every,
-                    story_to_image=base.story_to_image or config.story_to_image,
-                    copy_gate=base.copy_gate or config.copy_gate,
-                )
+            if isinstance(base, StoryDalleConfig):  # a story model: its architecture, grown as asked
+                config = base.grown(config)
             else:
                 config = config.replace(dalle=base.replace(prefix_len=config.prefix_len))
         if self.base_dir is None:  # from scratch: the sizes follow the codes and the tokenizer
