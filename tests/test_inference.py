@@ -66,6 +66,17 @@ def test_int8_weights_keep_the_logits_close():
     assert torch.equal(tokens, Engine(quantized).generate(text, SamplingConfig(top_k=4, seed=2)).tokens)
 
 
+def test_int8_lean_decoding_gives_the_module_path_logits():
+    quantized = quantize_int8_(make_model())
+    assert quantized.fast_decode is not None
+    text, image = prompts(), torch.randint(0, CONFIG.image_vocab_size, (3, CONFIG.image_len))
+    with torch.inference_mode():
+        lean = all_logits(quantized, text, image)
+        quantized.fast_decode = None  # back to the modules' forward methods
+        modules = all_logits(quantized, text, image)
+    assert torch.equal(lean, modules)
+
+
 def test_int8_refuses_a_model_without_blocks():
     with pytest.raises(TypeError, match="blocks"):
         quantize_int8_(torch.nn.Linear(4, 4))

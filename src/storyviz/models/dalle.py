@@ -104,6 +104,7 @@ class Dalle(nn.Module, Pretrained):
         self.head_txt = nn.Linear(width, config.text_vocab_size, bias=False)
         self.apply(_init_weights)
         column_major_(self)
+        self.fast_decode = None  # an inference form's own decoding step (models.inference.LeanDecoding)
 
     # --- pieces ---------------------------------------------------------------------------------------------
 
@@ -275,6 +276,8 @@ class Dalle(nn.Module, Pretrained):
     def decode(self, image_token: torch.Tensor, cache: KVCache, **block_kwargs) -> torch.Tensor:
         """Feeds one image token per sequence, image_token (B,) int64 at the next image position; returns the
         fp32 logits (B, V_img) of the token after it."""
+        if self.fast_decode is not None and not block_kwargs and not self.training:
+            return self.fast_decode(image_token, cache)
         start = cache.length - cache.prompt_length
         x = self.embed_image(image_token[:, None], start)
         key_valid = None if cache.key_bias is None else cache.key_bias[:, : cache.length + 1]

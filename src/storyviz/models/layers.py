@@ -17,7 +17,8 @@ from torch import nn
 class KVCache:
     """Keys and values of every layer, preallocated and filled in place (no concatenation).
 
-    keys, values: (layers, B, heads, max_len, head_dim). `length` positions are filled; `key_bias` (B, max_len),
+    keys, values: (layers, B, heads, max_len, head_dim), with per-layer views in layer_keys / layer_values.
+    `length` positions are filled; `key_bias` (B, max_len),
     when set, is the additive attention mask of the cached positions (-inf for masked text padding, else 0), what
     decoding steps hand to attention.
     `prompt_length` is the length of the prompt (prefix + text) once it has been processed.
@@ -37,8 +38,8 @@ class KVCache:
         shape = (layers, batch, heads, max_len, head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)  # only positions < length are ever read
         self.values = torch.empty(shape, dtype=dtype, device=device)
-        self._layer_keys = [self.keys[layer] for layer in range(layers)]  # per-layer views, made once
-        self._layer_values = [self.values[layer] for layer in range(layers)]
+        self.layer_keys = [self.keys[layer] for layer in range(layers)]  # per-layer views, made once
+        self.layer_values = [self.values[layer] for layer in range(layers)]
         self.length = 0
         self.prompt_length = 0
         self.key_bias: torch.Tensor | None = None
@@ -66,7 +67,7 @@ class KVCache:
         end = self.length + keys.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot store up to position {end}")
-        layer_keys, layer_values = self._layer_keys[layer], self._layer_values[layer]
+        layer_keys, layer_values = self.layer_keys[layer], self.layer_values[layer]
         layer_keys[:, :, self.length : end] = keys
         layer_values[:, :, self.length : end] = values
         return layer_keys[:, :, :end], layer_values[:, :, :end]
