@@ -13,6 +13,7 @@ from storyviz.sampling import (
     guidance,
     sample_next,
     top_k_filter,
+    top_k_values,
     top_p_filter,
 )
 
@@ -57,6 +58,22 @@ def test_top_p_filter():
     assert torch.isinf(top_p_filter(shuffled, 0.6)).tolist() == [[True, False, True, False]]
     with pytest.raises(ValueError, match="top_p"):
         top_p_filter(logits, 0.0)
+
+
+@pytest.mark.parametrize(("vocabulary", "k"), [(16384, 256), (4096, 16), (1024, 64), (4000, 10)])
+def test_top_k_values_are_torch_topk_values(vocabulary, k):
+    torch.manual_seed(0)
+    logits = torch.randn(5, vocabulary)
+    logits[1] = logits[1].round()  # many ties, some with the k-th value
+    logits[2, : vocabulary // 2] = -INF
+    logits[3, 8:16] = 50.0  # all the largest values in one chunk
+    values, ids = top_k_values(logits, k)
+    expected = torch.topk(logits, k).values
+    assert torch.equal(values.sort(dim=-1, descending=True).values, expected)
+    assert torch.equal(logits.gather(1, ids), values)
+    assert (ids.sort(dim=-1).values.diff(dim=-1) > 0).all()  # k distinct ids
+    sorted_values, _ = top_k_values(logits, k, sorted=True)
+    assert torch.equal(sorted_values, expected)
 
 
 def test_temperature_and_guidance():

@@ -6,6 +6,7 @@ from storyviz.sampling.filters import (
     filtered_distribution,
     guidance,
     top_k_filter,
+    top_k_values,
     top_p_filter,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "guidance",
     "sample_next",
     "top_k_filter",
+    "top_k_values",
     "top_p_filter",
 ]
