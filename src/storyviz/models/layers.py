@@ -18,9 +18,8 @@ class KVCache:
     """Keys and values of every layer, preallocated and filled in place (no concatenation).
 
     keys, values: (layers, B, heads, max_len, head_dim), with per-layer views in layer_keys / layer_values.
-    `length` positions are filled; `key_bias` (B, max_len),
-    when set, is the additive attention mask of the cached positions (-inf for masked text padding, else 0), what
-    decoding steps hand to attention.
+    `length` positions are filled; `key_bias` (B, max_len), when set, is the additive attention mask of the cached
+    positions (-inf for masked text padding, else 0), what decoding steps hand to attention.
     `prompt_length` is the length of the prompt (prefix + text) once it has been processed.
     `context` holds per-layer state computed once per prompt (StoryDALL-E's cross-attention keys and values).
     """
