@@ -189,3 +189,23 @@ def test_a_short_training_run_exports_a_working_tokenizer(digits16, tmp_path, na
     assert model.decode(model.encode(x)).shape == x.shape
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4 and '"psnr"' in lines[-1] and '"perplexity"' in lines[-1]
+
+
+def test_decoder_only_training_keeps_the_codes_and_refines_the_decoder(digits16, tmp_path):
+    loop = pytest.importorskip("storyviz.training.loop")
+    model_config = VQGANTask.model_presets["tiny"].replace(use_ema=True, dead_code_steps=1)
+    train_config = VQGANTask.train_presets["tiny"].replace(steps=3)
+    first = loop.train("vqgan", model_config, train_config, str(digits16), tmp_path / "first")
+    refined = loop.train(
+        "vqgan",
+        model_config.replace(decoder_only=True, disc_weight=0.5),
+        train_config.replace(init_from=str(first)),
+        str(digits16),
+        tmp_path / "refined",
+    )
+    before, after = load_model(first).eval(), load_model(refined).eval()
+    changed = {key for key, value in after.state_dict().items() if not torch.equal(value, before.state_dict()[key])}
+    assert changed and all(key.startswith(("decoder.", "post_quant_conv.")) for key in changed), sorted(changed)
+    x = images(3, 16, seed=1)
+    assert torch.equal(after.encode(x), before.encode(x))
+    assert not torch.equal(after.decode(after.encode(x)), before.decode(before.encode(x)))

@@ -12,6 +12,8 @@ field; the exported model folder holds only the tokenizer's own config.
 
 VQGAN loss = l1 * |x - x'| + l2 * (x - x')^2 + codebook_weight * (codebook + commitment)
            [+ adaptive_weight * disc_weight * -D(x')  +  hinge(D(x), D(sg[x']))   from step `disc_start`]
+With `decoder_only`, only post_quant_conv and the decoder train (the codes of every frame stay fixed), e.g. to
+refine a trained tokenizer's decoder with the discriminator while stage 2 trains on its codes.
 The optional PatchGAN discriminator is a task extra (trained by the same optimiser, not exported). Its two terms
 are kept apart: the generator term runs D with detached parameters (no gradient into D), the discriminator term
 sees detached reconstructions (no gradient into the VQGAN). The adaptive weight is taming's ratio of the
@@ -60,6 +62,9 @@ class VQGANTaskConfig(VQGANConfig):
     disc_channels: int = 64
     disc_layers: int = 3
     adaptive_weight_max: float = 1e4
+    # train only post_quant_conv and the decoder (and the discriminator): the encoder and codebook stay as they
+    # are, so every frame's codes stay the same and stage 2 can train on them while the decoder is refined
+    decoder_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,12 @@ class VQGANTask(Task):
             return {}
         return {"discriminator": PatchDiscriminator(c.in_channels, c.disc_channels, c.disc_layers)}
 
+    def trainable_parameters(self, model: VQGAN, extras: nn.ModuleDict) -> list[nn.Parameter]:
+        if not self.model_config.decoder_only:
+            return super().trainable_parameters(model, extras)
+        parts = (model.post_quant_conv, model.decoder, extras)
+        return [p for part in parts for p in part.parameters()]
+
     def dataset(self, split: str) -> Dataset:
         return open_frames(self.data, split, self.model_config.resolution, "resolution")
 
@@ -229,7 +240,12 @@ class VQGANTask(Task):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.model_config
         images = batch
-        reconstruction, codes, vq = model(images)
+        if c.decoder_only:  # fixed codes: no quantizer terms, no codebook updates
+            codes = model.encode(images)
+            reconstruction = model.decode_latents(model.quantize.lookup(codes))
+            vq = {"codebook": images.new_zeros(()), "commitment": images.new_zeros(())}
+        else:
+            reconstruction, codes, vq = model(images)
         rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
         loss = rec_loss + c.codebook_weight * (vq["codebook"] + vq["commitment"])
         logs = {
