@@ -132,15 +132,24 @@ def test_user_errors_have_clear_messages(bundle, tmp_path, capsys):
 
 
 def test_candidates_scorer_and_source_reading(bundle, tmp_path):
-    pipeline = DallePipeline.from_pretrained(bundle, scorer=lambda tokens: tokens.sum(-1).float())
+    seen = []
+
+    def brightest(captions, images):  # a frame scorer: prefers bright candidates
+        seen.append(list(captions))
+        return images.mean(dim=(2, 3, 4))
+
+    pipeline = DallePipeline.from_pretrained(bundle, scorer=brightest)
     options = SamplingOptions(seed=2, candidates=3)
     steps = []
     (result,) = pipeline.generate(
         [StoryRequest(CAPTIONS[:1])], options, progress=lambda done, total: steps.append(done)
     )
-    assert steps == list(range(1, 65))
+    assert steps == list(range(1, 65)) and seen == [CAPTIONS[:1]]
     candidates = result.info["candidates"][0]
-    assert len(candidates) == 3 and result.codes[0] == max(candidates, key=sum)
+    grid = pipeline.grid
+    brightness = [float(pipeline.image_tokenizer.decode(torch.tensor([c]).view(1, *grid)).mean()) for c in candidates]
+    assert len(candidates) == 3 and result.codes[0] == candidates[0]
+    assert brightness == sorted(brightness, reverse=True) and brightness[0] > brightness[-1]
     assert result.info["scores"][0] == sorted(result.info["scores"][0], reverse=True)
     with pytest.raises(GenerationError, match="cannot continue a story from a source frame"):
         pipeline.generate([StoryRequest(["x"], source_frame=np.zeros((16, 16, 3), np.uint8))], options)

@@ -237,12 +237,13 @@ def generate_story(
     frame_px: int = 256,
     command: dict[str, Any] | None = None,
     int8: bool = False,
+    scorer: str | Path | None = None,
 ) -> dict[str, Path]:
     """What `storyviz generate` does: reads the captions (given and from `captions_file`) and the source frame,
     loads the model (`load_pipeline`; None = the bundled default), generates with a progress bar and writes the
     story into `out` (see `write_story`); `sampling` changes the model's sampling defaults (`StoryPipeline.sampling`);
     `command` (the command line and its parsed options) goes into story.json; `int8` loads a token model with int8
-    weights. Returns {file name: path}."""
+    weights; `scorer` (a scorer-bundle folder) re-ranks its candidates. Returns {file name: path}."""
     captions = list(captions or [])
     if captions_file is not None:
         from_file, file_source_caption = read_captions_file(captions_file)
@@ -258,7 +259,7 @@ def generate_story(
 
     start = time.perf_counter()
     model_dir = resolve_model_dir(model)
-    pipeline = load_pipeline(model_dir, device=device, int8=int8)
+    pipeline = load_pipeline(model_dir, device=device, int8=int8, scorer=scorer)
     loaded = time.perf_counter()
     options = pipeline.sampling.replace(**(sampling or {}))
     if len(captions) > pipeline.max_frames:

@@ -21,6 +21,7 @@ MODEL_TYPES: dict[str, str] = {
     "dalle": "storyviz.models.dalle:Dalle",
     "storydalle": "storyviz.models.storydalle:StoryDalle",
     "judge": "storyviz.models.judge:Judge",
+    "scorer": "storyviz.models.scorer:Scorer",
     "arldm-vae": "storyviz.models.arldm_vae:ARLDMVAE",
     "arldm": "storyviz.models.arldm:ARLDM",
 }

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.samples and args.model:
         raise UserError("give --model (generate, then score) or --samples (score only), not both")
-    if args.samples and args.int8:
-        raise UserError("--int8 applies when generating (--model), not to a --samples folder")
+    if args.samples and (args.int8 or args.scorer):
+        raise UserError("--int8 and --scorer apply when generating (--model), not to a --samples folder")
     if args.stories is not None and args.stories < 1:
         raise UserError(f"--stories {args.stories}: expected a positive number")
     inception = not args.no_inception
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         evaluation = evaluate_model(
             args.model, args.data, args.split, args.out, args.stories, seed, sampling_changes(args), args.captions,
-            args.task, args.judge, inception, args.judge_min_accuracy, int8=args.int8,
+            args.task, args.judge, inception, args.judge_min_accuracy, int8=args.int8, scorer=args.scorer,
         )  # fmt: skip
     report = report_dict(evaluation)
     if args.json:

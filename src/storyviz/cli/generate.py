@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
             sampling=sampling_changes(args),
             device=args.device,
             int8=args.int8,
+            scorer=args.scorer,
             frame_px=args.frame_px,
             command={
                 "argv": ["storyviz", *sys.argv[1:]],

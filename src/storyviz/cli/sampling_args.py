@@ -1,4 +1,4 @@
-"""The sampling options shared by `storyviz generate` and `storyviz evaluate` (and their --int8 switch).
+"""The sampling options shared by `storyviz generate` and `storyviz evaluate` (and their --int8 and --scorer).
 
 Options not given on the command line take the model's own defaults (`StoryPipeline.sampling`, from the
 "sampling" object of its config.json; the bundled models carry the settings their measured results used).
@@ -31,6 +31,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--int8",
         action="store_true",
         help="int8 weights for the token transformer (CPU; faster sampling, slightly different frames)",
+    )
+    parser.add_argument(
+        "--scorer",
+        metavar="DIR",
+        help="token models: re-rank the --candidates of each frame with this scorer (`storyviz train scorer`'s "
+        "model folder) instead of the model's own",
     )
 
 

@@ -50,22 +50,24 @@ def generate_samples(
     task: Literal["continuation", "visualization"] = "continuation",
     batch_stories: int = 8,
     int8: bool = False,
+    scorer: str | Path | None = None,
 ) -> Path:
     """Generates the frames of the chosen stories with `model` and writes them as a samples folder; `sampling`
-    changes the model's sampling defaults (`StoryPipeline.sampling`); `int8` loads a token model with int8 weights."""
+    changes the model's sampling defaults (`StoryPipeline.sampling`); `int8` loads a token model with int8 weights;
+    `scorer` re-ranks a token model's candidates (`load_pipeline`)."""
     data = open_dataset(data_path)
     stories = data.split(split)
     model_type = read_weights_config(resolve_model_dir(model))["model_type"]
     records = []
     if model_type in TOKENIZER_TYPES:
-        if int8:
-            raise ValueError(f"{model}: an image tokenizer has no int8 form; --int8 applies to token transformers")
+        if int8 or scorer is not None:
+            raise ValueError(f"{model}: an image tokenizer has no int8 form and no candidates to re-rank")
         tokenizer = load_model(model).eval()
         for index in progress(indices, desc="reconstruct", unit="story"):
             story = stories[index]
             records.append(_record(story, index, captions, _reconstruct(tokenizer, story["frames"])))
         return write_samples(out, records, data.meta["name"], split)
-    pipeline = load_pipeline(model, int8=int8)
+    pipeline = load_pipeline(model, int8=int8, scorer=scorer)
     options = pipeline.sampling.replace(**(sampling or {}))
     continuation = task == "continuation" and pipeline.supports_continuation and data.meta["frames_per_story"] > 1
     bar = progress(total=len(indices), desc="generate", unit="story")
@@ -88,6 +90,8 @@ def generate_samples(
     bar.close()
     made_with = {"model": str(model), "task": "continuation" if continuation else "visualization"}
     made_with |= {"captions": captions, "sampling": options.to_dict()} | ({"weights": "int8"} if int8 else {})
+    if "scorer" in (described := pipeline.describe()):
+        made_with["scorer"] = described["scorer"]
     return write_samples(out, records, data.meta["name"], split, made_with)
 
 
@@ -156,13 +160,16 @@ def evaluate_model(
     inception: bool = True,
     judge_min_accuracy: float = MIN_ACCURACY,
     int8: bool = False,
+    scorer: str | Path | None = None,
 ) -> Evaluation:
     """Generates samples of `stories` stories of the split (seeded choice), then scores them (see module doc).
     `seed` picks the stories and seeds the sampling; `sampling` changes the model's other sampling defaults;
-    `int8` loads a token model with int8 weights."""
+    `int8` loads a token model with int8 weights; `scorer` re-ranks its candidates."""
     out = Path(out)
     data = open_dataset(data_path)
     indices = pick_stories(len(data.split(split)), stories, seed)
     sampling = {**(sampling or {}), "seed": seed}
-    samples = generate_samples(model, data_path, split, out / "samples", indices, sampling, captions, task, int8=int8)
+    samples = generate_samples(
+        model, data_path, split, out / "samples", indices, sampling, captions, task, int8=int8, scorer=scorer
+    )
     return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)

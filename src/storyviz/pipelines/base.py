@@ -84,6 +84,13 @@ class StoryPipeline(ABC):
         """What story.json records about the model."""
         return {"model_type": self.model_type, "max_frames": self.max_frames, "image_size": self.image_size}
 
+    def use_scorer(self, scorer) -> None:
+        """Re-ranks candidates with `scorer` (storyviz.pipelines.rerank: captions + candidate images -> scores)."""
+        raise ValueError(
+            f"{self.model_type} models do not re-rank candidates; a scorer applies to the token transformers "
+            f"(dalle-bundle, storydalle-bundle)"
+        )
+
     def quantize_int8(self) -> None:
         """Switches the model to int8 weights for faster CPU sampling (token models; see models/inference.py)."""
         raise ValueError(
@@ -100,9 +107,12 @@ PIPELINES: dict[str, str] = {
 }
 
 
-def load_pipeline(name_or_path: str | Path | None, device: str = "cpu", int8: bool = False) -> StoryPipeline:
+def load_pipeline(
+    name_or_path: str | Path | None, device: str = "cpu", int8: bool = False, scorer: str | Path | None = None
+) -> StoryPipeline:
     """Loads the pipeline for a model folder or bundled model name (the default model when None); `int8` switches
-    a token model to int8 weights (`StoryPipeline.quantize_int8`)."""
+    a token model to int8 weights (`StoryPipeline.quantize_int8`); `scorer` (a scorer-bundle folder or bundled
+    name) re-ranks a token model's candidates instead of its bundle's own scorer (`StoryPipeline.use_scorer`)."""
     directory = resolve_model_dir(name_or_path)
     info = read_weights_config(directory)
     model_type = info["model_type"]
@@ -114,6 +124,10 @@ def load_pipeline(name_or_path: str | Path | None, device: str = "cpu", int8: bo
     module_name, class_name = PIPELINES[model_type].split(":")
     pipeline = getattr(importlib.import_module(module_name), class_name).from_pretrained(directory, device=device)
     pipeline.sampling = model_sampling(info, directory)
+    if scorer is not None:
+        from storyviz.pipelines.rerank import Reranker
+
+        pipeline.use_scorer(Reranker.from_pretrained(resolve_model_dir(scorer), device))
     if int8:
         pipeline.quantize_int8()
     return pipeline

@@ -7,10 +7,11 @@ tokenizer, image tokenizer), as written by `storyviz train dalle` or `storyviz i
 All captions of all requests are sampled together in one batch by storyviz.sampling.Engine (KV cache), then
 decoded by the image tokenizer. SamplingOptions map to SamplingConfig: top_k (0 = off, 1 = greedy), top_p,
 temperature, guidance (classifier-free guidance against the all-[PAD] caption; 1 = off), candidates and seed
-(the same seed and requests give the same images). With several candidates, a `scorer` (tokens (B, C, N) ->
-scores (B, C)) picks the best; without one the first candidate is kept, and every candidate's codes are
-recorded in `info["candidates"]`. Captions longer than the model's text length are truncated with a warning
-that names them (`info["truncated"]`).
+(the same seed and requests give the same images). With several candidates, a frame scorer
+(storyviz.pipelines.rerank: the bundle's "scorer" part, or one given with `use_scorer`) scores every decoded
+candidate against its caption and the best is kept; without one the first candidate is kept. Every candidate's
+codes are recorded in `info["candidates"]` (and their scores, best first, in `info["scores"]`). Captions longer
+than the model's text length are truncated with a warning that names them (`info["truncated"]`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storyviz.convert.bundle import DALLE_BUNDLE, DalleBundle
+from storyviz.convert.bundle import DALLE_BUNDLE, DalleBundle, read_bundle_config
 from storyviz.models.inference import is_quantized, quantize_int8_
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryPipeline, StoryRequest, StoryResult
+from storyviz.pipelines.rerank import FrameScorer, Reranker, best_candidates
 from storyviz.sampling import Engine, SamplingConfig
-from storyviz.sampling.engine import Scorer
 from storyviz.weights import WeightsError
 
 
@@ -40,7 +41,7 @@ class DallePipeline(StoryPipeline):
     supports_continuation = False
     max_frames = 16  # frames are independent; this only bounds one request's batch
 
-    def __init__(self, bundle: DalleBundle, device: str = "cpu", scorer: Scorer | None = None):
+    def __init__(self, bundle: DalleBundle, device: str = "cpu", scorer: FrameScorer | None = None):
         if bundle.image_tokenizer is None or isinstance(bundle.image_tokenizer, str | Path):
             raise WeightsError("a DALL-E bundle without an image tokenizer cannot draw images")
         self.device = torch.device(device)
@@ -61,8 +62,16 @@ class DallePipeline(StoryPipeline):
             )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu", scorer: Scorer | None = None) -> DallePipeline:
-        return cls(DalleBundle.from_pretrained(directory), device=device, scorer=scorer)
+    def from_pretrained(
+        cls, directory: str | Path, device: str = "cpu", scorer: FrameScorer | None = None
+    ) -> DallePipeline:
+        """The bundle's pipeline; its "scorer" part, if any, re-ranks candidates unless `scorer` is given."""
+        return cls(
+            DalleBundle.from_pretrained(directory), device=device, scorer=scorer or bundled_scorer(directory, device)
+        )
+
+    def use_scorer(self, scorer: FrameScorer) -> None:
+        self.scorer = scorer
 
     def sampling_config(self, options: SamplingOptions) -> SamplingConfig:
         return SamplingConfig(
@@ -125,10 +134,8 @@ class DallePipeline(StoryPipeline):
                 progress(step + 1, total)
         scores = None
         if self.scorer is not None and config.candidates > 1:
-            scores = torch.as_tensor(self.scorer(tokens), dtype=torch.float32)
-            order = scores.argsort(dim=1, descending=True)
-            tokens = tokens.gather(1, order[:, :, None].expand_as(tokens))
-            scores = scores.gather(1, order)
+            captions = [caption for request in requests for caption in request.captions]
+            tokens, scores = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid)
         sampled = time.perf_counter()
         best = tokens[:, 0]
         images = self.image_tokenizer.decode(best.reshape(-1, *self.grid))
@@ -159,7 +166,32 @@ class DallePipeline(StoryPipeline):
 
     def describe(self) -> dict:
         info = {**super().describe(), "text_length": self.text_length, "grid": list(self.grid)}
+        info |= {"scorer": describe_scorer(self.scorer)} if self.scorer is not None else {}
         return info | ({"weights": "int8"} if is_quantized(self.transformer) else {})
 
     def quantize_int8(self) -> None:
         quantize_int8_(self.transformer)  # refuses a model that is not on the CPU
+
+
+def bundled_scorer(directory: str | Path, device: str = "cpu") -> Reranker | None:
+    """The re-ranking scorer of a token model's bundle (its "scorer" part), or None."""
+    parts = read_bundle_config(directory)["config"]["parts"]
+    return Reranker.from_pretrained(Path(directory) / parts["scorer"], device) if "scorer" in parts else None
+
+
+def describe_scorer(scorer: FrameScorer) -> str:
+    return str(scorer.directory) if isinstance(scorer, Reranker) else type(scorer).__name__
+
+
+def rerank(
+    scorer: FrameScorer, captions: list[str], tokens: torch.Tensor, image_tokenizer, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens (B, C, N) of C candidates for each of B captions -> (the same sorted best first, scores (B, C) sorted
+    alike); every candidate is decoded and scored against its caption."""
+    batch, count = tokens.shape[:2]
+    images = image_tokenizer.decode(tokens.reshape(-1, *grid)).clamp(-1, 1)
+    scores = torch.as_tensor(scorer(captions, images.view(batch, count, *images.shape[1:])), dtype=torch.float32)
+    if scores.shape != (batch, count):
+        raise ValueError(f"the scorer returned scores of shape {tuple(scores.shape)}, expected {(batch, count)}")
+    order = best_candidates(scores.cpu()).to(tokens.device)
+    return tokens.gather(1, order[:, :, None].expand_as(tokens)), scores.gather(1, order.to(scores.device))

@@ -8,6 +8,8 @@ The model folder is a "storydalle-bundle" (transformer/ = StoryDalle, tokenizer/
   its caption, its story token and the source frame (frames do not see each other, as in the paper).
 - Visualization: frame 1 is generated from its caption and story token without a source, then used as the source
   of the other frames.
+With several candidates per frame, a frame scorer (the bundle's "scorer" part, or `use_scorer`) keeps the one
+that shows its caption best (storyviz.pipelines.rerank); without one, the first.
 Requests are batched: all first frames of visualization requests together, then every other frame together.
 """
 
@@ -23,7 +25,7 @@ import torch
 from storyviz.convert.bundle import read_bundle_config
 from storyviz.data.formats.common import square_resize
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryRequest, StoryResult
-from storyviz.pipelines.dalle import DallePipeline, GenerationError
+from storyviz.pipelines.dalle import DallePipeline, GenerationError, bundled_scorer, rerank
 from storyviz.registry import load_model
 from storyviz.sampling import Engine, SamplingConfig
 from storyviz.text import TextTokenizer
@@ -43,13 +45,13 @@ class StoryDallePipeline(DallePipeline):
     model_type = STORYDALLE_BUNDLE
     supports_continuation = True
 
-    def __init__(self, transformer, tokenizer: TextTokenizer, image_tokenizer, device: str = "cpu"):
+    def __init__(self, transformer, tokenizer: TextTokenizer, image_tokenizer, device: str = "cpu", scorer=None):
         self.device = torch.device(device)
         self.model = transformer.to(self.device).eval()
         self.transformer = self.model.dalle
         self.tokenizer = tokenizer
         self.image_tokenizer = image_tokenizer.to(self.device).eval()
-        self.scorer = None
+        self.scorer = scorer
         config = self.model.config
         side = int(round(config.dalle.image_len**0.5))
         if side * side != config.dalle.image_len:
@@ -72,6 +74,7 @@ class StoryDallePipeline(DallePipeline):
             TextTokenizer.from_pretrained(directory / parts["tokenizer"]),
             load_model(directory / parts["image_tokenizer"]),
             device=device,
+            scorer=bundled_scorer(directory, device),
         )
 
     # --- inputs -----------------------------------------------------------------------------------------------
@@ -183,6 +186,9 @@ class StoryDallePipeline(DallePipeline):
             tokens = partial
             if progress is not None:
                 progress((phase[0] - 1) * total + step + 1, phase[1] * total)
+        if self.scorer is not None and config.candidates > 1:
+            captions = [stories[i][frame] for i, frame in rows]
+            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid)
         return tokens[:, 0]
 
     def _warn_truncated(self, captions: list[str]) -> list[str]:

@@ -1,10 +1,12 @@
 """The text tokenizer of the token models: character-level BPE (HF `tokenizers`), padded and truncated to a
 fixed length.
 
-Two ways in: `TextTokenizer.train(captions, vocab_size)` learns a BPE on a data set's captions;
+Three ways in: `TextTokenizer.train(captions, vocab_size)` learns a BPE on a data set's captions;
 `TextTokenizer.from_charbpe(vocab, merges)` loads minDALL-E's `bpe-16k-vocab.json` + `bpe-16k-merges.txt`
 exactly as minDALL-E builds its tokenizer (CharBPETokenizer, unk '[UNK]', lowercase, '[PAD]' added as a
-special token, padding and truncation to 64). Both use words ending in '</w>'. A folder holds one
+special token, padding and truncation to 64). Both use words ending in '</w>'. `TextTokenizer.words(captions)`
+makes a word-level vocabulary, the same for the same captions (the BPE trainer numbers its tokens in hash order,
+so two trainings differ), for models that rebuild their tokenizer when a run resumes. A folder holds one
 `tokenizer.json` (padding length included).
 
 New character names become single tokens with `add_tokens(names)`; the model's text embeddings are then
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, CharBPETokenizer, Tokenizer
+from tokenizers import AddedToken, CharBPETokenizer, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordLevel
 
 from storyviz.files import atomic_dir
 
@@ -64,6 +67,29 @@ class TextTokenizer:
             show_progress=False,
         )  # fmt: skip
         return cls._fixed_length(bpe, length)
+
+    @classmethod
+    def words(cls, captions: Iterable[str], length: int = 64, min_count: int = 1) -> TextTokenizer:
+        """A lowercase word-level vocabulary of the words seen at least `min_count` times ([PAD] id 0, [UNK] id 1,
+        then the words by decreasing count, ties alphabetically); punctuation marks are words of their own."""
+        splitter = Tokenizer(WordLevel({PAD: 0, UNK: 1}, unk_token=UNK))
+        splitter.normalizer = normalizers.Lowercase()
+        splitter.pre_tokenizer = pre_tokenizers.Whitespace()
+        counts: dict[str, int] = {}
+        for caption in captions:
+            for word, _ in splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(caption)):
+                counts[word] = counts.get(word, 0) + 1
+        kept = sorted((word for word, count in counts.items() if count >= min_count), key=lambda w: (-counts[w], w))
+        vocab = {PAD: 0, UNK: 1} | {word: index + 2 for index, word in enumerate(kept)}
+        tokenizer = Tokenizer(WordLevel(vocab, unk_token=UNK))
+        tokenizer.normalizer = normalizers.Lowercase()
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer.add_special_tokens([PAD, UNK])
+        if length < 1:
+            raise TokenizerError(f"length {length}: expected a positive number of text tokens")
+        tokenizer.enable_padding(length=length, pad_id=0, pad_token=PAD)
+        tokenizer.enable_truncation(max_length=length)
+        return cls(tokenizer)
 
     @classmethod
     def from_charbpe(cls, vocab_path: str | Path, merges_path: str | Path, length: int = 64) -> TextTokenizer:
@@ -122,6 +148,8 @@ class TextTokenizer:
         """ids (B, T) or (T,) -> B captions (lowercase, special tokens dropped)."""
         ids = torch.as_tensor(ids)
         rows = ids.reshape(-1, ids.shape[-1]).tolist()
+        if isinstance(self.tokenizer.model, WordLevel):
+            return [self.tokenizer.decode(row) for row in rows]
         added = self.tokenizer.get_added_tokens_decoder()
         specials = {index for index, token in added.items() if token.special}
         names = {index for index, token in added.items() if not token.special}

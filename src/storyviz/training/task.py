@@ -109,6 +109,7 @@ TASKS: dict[str, str] = {
     "arldm": "storyviz.training.tasks.arldm:ARLDMTask",
     "dalle": "storyviz.training.tasks.dalle:DalleTask",
     "storydalle": "storyviz.training.tasks.storydalle:StoryDalleTask",
+    "scorer": "storyviz.training.tasks.scorer:ScorerTask",
 }
 
 

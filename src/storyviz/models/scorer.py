@@ -1,0 +1,126 @@
+"""The re-ranking scorer: a small CLIP-style model that scores how well a frame shows its caption.
+
+The DALL-E recipe samples several candidates per caption and keeps the one CLIP scores best (minDALL-E: 96
+candidates). CLIP's weights cannot be had offline, so storyviz trains its own scorer on a data set's captions and
+frames (storyviz.training.tasks.scorer): contrastively, from which caption goes with which frame, never from the
+labels that the evaluation judge is trained on.
+
+    caption ids (B, T) -> token + position embeddings -> pre-LN blocks (no causal mask; [PAD] keys not attended)
+        -> mean over the caption's tokens -> LayerNorm -> Linear -> L2-normalised text embedding (B, E)
+    frames (B, 3, H, W) in [-1, 1] -> stages of [conv3x3 -> GroupNorm -> SiLU -> conv3x3 stride 2 -> GroupNorm
+        -> SiLU] -> average-pooled to grid x grid (positions kept: who stands where is part of a caption's meaning)
+        -> Linear -> L2-normalised image embedding (B, E)
+    score = min(exp(logit_scale), 100) * cosine(text, image)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from storyviz.config import Config, ConfigError
+from storyviz.models.layers import Block
+from storyviz.weights import Pretrained
+
+
+@dataclass(frozen=True)
+class ScorerConfig(Config):
+    image_size: int = 64
+    widths: tuple[int, ...] = (32, 64, 128, 128)
+    grid: int = 4
+    text_vocab_size: int = 1024
+    text_len: int = 40
+    pad_id: int = 0
+    text_width: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    embed_dim: int = 256
+
+    def __post_init__(self):
+        if self.image_size % 2 ** len(self.widths):
+            raise ConfigError(
+                f"ScorerConfig.image_size {self.image_size} is not divisible by 2^{len(self.widths)} (one stride-2 "
+                "stage per width)"
+            )
+        if self.text_width % self.text_heads:
+            raise ConfigError(f"ScorerConfig.text_width {self.text_width} is not divisible by {self.text_heads} heads")
+
+
+PRESETS = {
+    "tiny": ScorerConfig(
+        image_size=16, widths=(8, 16), grid=2, text_vocab_size=64, text_len=12, text_width=32, text_layers=1,
+        text_heads=2, embed_dim=32,
+    ),
+    "small": ScorerConfig(),
+}  # fmt: skip
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class Scorer(nn.Module, Pretrained):
+    """text ids (B, T) + frames (B, 3, H, W) -> scores (B,) of each caption with its own frame; `embed_text` and
+    `embed_images` give the embeddings for scoring every caption against every frame (`similarity`)."""
+
+    model_type = "scorer"
+    config_class = ScorerConfig
+
+    def __init__(self, config: ScorerConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        channels = 3
+        for width in config.widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1), _norm(width), nn.SiLU()]
+            layers += [nn.Conv2d(width, width, 3, stride=2, padding=1), _norm(width), nn.SiLU()]
+            channels = width
+        self.image_trunk = nn.Sequential(*layers)
+        self.image_pool = nn.AdaptiveAvgPool2d(config.grid)
+        self.image_proj = nn.Linear(channels * config.grid**2, config.embed_dim)
+        self.tok_emb = nn.Embedding(config.text_vocab_size, config.text_width)
+        self.pos_emb = nn.Embedding(config.text_len, config.text_width)
+        self.text_blocks = nn.ModuleList(Block(config.text_width, config.text_heads) for _ in range(config.text_layers))
+        self.text_norm = nn.LayerNorm(config.text_width)
+        self.text_proj = nn.Linear(config.text_width, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, E)."""
+        size = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
+            raise ValueError(f"scorer expects images (B, 3, {size}, {size}) in [-1, 1], got {tuple(images.shape)}")
+        features = self.image_pool(self.image_trunk(images)).flatten(1)
+        return F.normalize(self.image_proj(features), dim=-1)
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) int64, padded with pad_id -> unit vectors (B, E). An all-[PAD] caption reads its first
+        position (so the softmax over keys is never empty)."""
+        length = self.config.text_len
+        if ids.ndim != 2 or ids.shape[1] != length:
+            raise ValueError(f"scorer expects caption ids (B, {length}), got {tuple(ids.shape)}")
+        valid = ids != self.config.pad_id
+        valid[:, 0] = True
+        x = self.tok_emb(ids) + self.pos_emb.weight[None]
+        mask = valid[:, None, None, :]
+        for block in self.text_blocks:
+            x = block(x, mask=mask)
+        weights = valid.to(x.dtype)[..., None]
+        pooled = (x * weights).sum(1) / weights.sum(1)
+        return F.normalize(self.text_proj(self.text_norm(pooled)), dim=-1)
+
+    def similarity(self, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Unit text (B, E) and image (M, E) embeddings -> scaled cosine similarities (B, M)."""
+        return self.scale() * text @ images.t()
+
+    def forward(self, ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """ids (B, T), images (B, 3, S, S) -> scores (B,) of row i's caption with row i's frame."""
+        return self.scale() * (self.embed_text(ids) * self.embed_images(images)).sum(-1)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), at most 100 (as CLIP clamps it)."""
+        return self.logit_scale.exp().clamp(max=100.0)

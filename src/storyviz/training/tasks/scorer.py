@@ -1,0 +1,180 @@
+"""Training task "scorer": the re-ranking scorer (storyviz.models.scorer) on a data set's captions and frames.
+
+    storyviz train scorer --preset small --data DATA_DIR --out RUN_DIR
+
+One item is one story (its L frames and captions); a batch of S stories gives S*L caption-frame pairs, and the
+loss is CLIP's: symmetric cross-entropy over the S*L x S*L similarities, each caption's own frame the right one.
+The other frames of the same story are among the wrong ones, so the scorer learns what tells the frames of one
+story apart (who is there, what each one does, where they are), which is what re-ranking candidates of one
+caption needs. No label of the data set is read. Each story's captions are plain or pronoun ("both": one drawn
+per story and step). Frames are shifted by up to 2 px, blurred by a random amount (generated frames are softer
+than the originals) and get faint noise.
+
+The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
+on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
+records `story_retrieval`: on the held-out split, the share of captions whose own frame scores highest among the
+frames of its story.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from storyviz.config import Config, ConfigError
+from storyviz.convert.bundle import write_bundle
+from storyviz.data import open_dataset
+from storyviz.models.scorer import PRESETS, Scorer, ScorerConfig
+from storyviz.text import TextTokenizer
+from storyviz.training.task import Task, TrainConfig
+from storyviz.training.tasks.dalle import split_captions
+from storyviz.training.tasks.judge import augment
+from storyviz.weights import update_weights_config
+
+SCORER_BUNDLE = "scorer-bundle"
+HELDOUT_SPLIT = "val"
+
+
+@dataclass(frozen=True)
+class ScorerTaskConfig(Config):
+    model: ScorerConfig = field(default_factory=lambda: PRESETS["small"])
+    captions: Literal["plain", "pronoun", "both"] = "both"
+    blur: float = 0.7  # the most a frame is blended with its 3x3 average (a uniform share in [0, blur])
+
+    def __post_init__(self):
+        if not 0 <= self.blur <= 1:
+            raise ConfigError(f"ScorerTaskConfig.blur: expected a value in [0, 1], got {self.blur}")
+
+
+class StoryPairs(Dataset):
+    """Story i -> {"frames": uint8 (L, H, W, 3), "text_<version>": int64 (L, T)} for each caption version."""
+
+    def __init__(self, stories, text: dict[str, torch.Tensor]):
+        self.stories, self.text = stories, text
+
+    def __len__(self) -> int:
+        return len(self.stories)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = {"frames": torch.from_numpy(np.ascontiguousarray(self.stories[index]["frames"]))}
+        return item | {f"text_{version}": ids[index] for version, ids in self.text.items()}
+
+
+def images_of(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (N, 3, size, size) in [-1, 1] (area-resized when H differs)."""
+    images = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="area")
+    return images
+
+
+def soften(images: torch.Tensor, most: float) -> torch.Tensor:
+    """images (B, 3, H, W) -> each blended with its 3x3 average by a uniform random share in [0, most]."""
+    share = torch.rand(len(images), 1, 1, 1) * most
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return images + share * (blurred - images)
+
+
+def contrastive_loss(model: Scorer, ids: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B))."""
+    similarity = model.similarity(model.embed_text(ids), model.embed_images(images))
+    target = torch.arange(len(ids), device=ids.device)
+    loss = (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.t(), target)) / 2
+    return loss, similarity
+
+
+@torch.no_grad()
+def story_retrieval(model: Scorer, tokenizer: TextTokenizer, stories, stories_at_once: int = 64) -> float:
+    """The share of captions (plain) whose own frame scores highest among the frames of their story."""
+    model.eval()
+    hits = total = 0
+    for first in range(0, len(stories), stories_at_once):
+        chunk = [stories[index] for index in range(first, min(first + stories_at_once, len(stories)))]
+        frames = torch.from_numpy(np.stack([story["frames"] for story in chunk]))  # (S, L, H, W, 3)
+        count, length = frames.shape[:2]
+        images = model.embed_images(images_of(frames, model.config.image_size)).view(count, length, -1)
+        ids = tokenizer.encode([caption for story in chunk for caption in story["captions"]]).ids
+        text = model.embed_text(ids).view(count, length, -1)
+        best = (text @ images.transpose(1, 2)).argmax(-1)  # (S, L): the frame each caption picks
+        hits += int((best == torch.arange(length)).sum())
+        total += count * length
+    return hits / total
+
+
+class ScorerTask(Task):
+    name = "scorer"
+    model_presets = {
+        "tiny": ScorerTaskConfig(model=PRESETS["tiny"]),
+        "small": ScorerTaskConfig(),
+    }
+    train_presets = {
+        "tiny": TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup_steps=1, log_every=1, checkpoint_every=0),
+        "small": TrainConfig(
+            steps=3000, batch_size=16, lr=1e-3, warmup_steps=100, weight_decay=0.01, log_every=50,
+            checkpoint_every=500,
+        ),
+    }  # fmt: skip
+
+    def __init__(self, model_config: ScorerTaskConfig, data: str):
+        self.store = open_dataset(data)
+        train = self.store.split("train")
+        self.versions = ["plain", "pronoun"] if model_config.captions == "both" else [model_config.captions]
+        if "pronoun" in self.versions and not train.has_pronouns:
+            if model_config.captions == "pronoun":
+                raise ConfigError(f"{data}: captions='pronoun', but the data set has no pronoun captions")
+            self.versions = ["plain"]
+        length = model_config.model.text_len
+        self.tokenizer = TextTokenizer.words(
+            split_captions(train, model_config.captions if len(self.versions) == 2 else self.versions[0]), length=length
+        )
+        model = model_config.model.replace(
+            text_vocab_size=self.tokenizer.vocab_size,
+            pad_id=self.tokenizer.pad_id,
+            image_size=int(self.store.meta["image_size"]),
+        )
+        super().__init__(model_config.replace(model=model), data)
+
+    def build_model(self) -> nn.Module:
+        return Scorer(self.model_config.model)
+
+    def dataset(self, split: str) -> Dataset:
+        stories = self.store.split(split)
+        text = {}
+        for version in self.versions:
+            captions = stories.caption_table(pronoun=version == "pronoun")
+            ids = self.tokenizer.encode([caption for story in captions for caption in story]).ids
+            text[version] = ids.view(len(captions), -1, ids.shape[-1])
+        return StoryPairs(stories, text)
+
+    def loss(self, model: Scorer, batch: Any, step: int, extras: nn.ModuleDict) -> tuple[torch.Tensor, dict]:
+        frames = batch["frames"]  # (S, L, H, W, 3)
+        version = torch.randint(len(self.versions), (frames.shape[0],)).tolist()
+        ids = torch.stack([batch[f"text_{self.versions[v]}"][i] for i, v in enumerate(version)]).flatten(0, 1)
+        images = images_of(frames, model.config.image_size)
+        if model.training:
+            images = augment(soften(images, self.model_config.blur))
+        loss, similarity = contrastive_loss(model, ids, images)
+        length = frames.shape[1]
+        same_story = similarity.view(-1, length, frames.shape[0], length).diagonal(dim1=0, dim2=2)  # (L, L, S)
+        picks = same_story.argmax(dim=1)  # (L, S): the frame of its story each caption picks
+        logs = {
+            "accuracy": (similarity.argmax(1) == torch.arange(len(ids))).float().mean().item(),
+            "story_accuracy": (picks == torch.arange(length)[:, None]).float().mean().item(),
+            "scale": model.scale().item(),
+        }
+        return loss, logs
+
+    def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
+        """Writes the scorer bundle, then measures it on the held-out split (config.json `story_retrieval`)."""
+        parts = {"scorer": model, "tokenizer": self.tokenizer}
+        write_bundle(directory, SCORER_BUNDLE, parts, extra={**extra, "data": self.store.meta.get("name")})
+        if HELDOUT_SPLIT in self.store.splits:
+            accuracy = story_retrieval(model, self.tokenizer, self.store.split(HELDOUT_SPLIT))
+            update_weights_config(directory, {"heldout_split": HELDOUT_SPLIT, "story_retrieval": accuracy})

@@ -1,0 +1,133 @@
+"""The re-ranking scorer: the network, its word-level tokenizer, a short training run, and re-ranking in the
+StoryDALL-E pipeline and on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from storyviz.cli.main import main
+from storyviz.data.store import open_dataset
+from storyviz.models.scorer import PRESETS, Scorer
+from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
+from storyviz.pipelines.rerank import Reranker, best_candidates
+from storyviz.registry import load_model
+from storyviz.text import TextTokenizer
+from storyviz.training.loop import train
+from storyviz.training.tasks.scorer import ScorerTask, contrastive_loss, soften
+from tiny_models import tiny_storydalle
+
+
+def tiny_scorer() -> Scorer:
+    torch.manual_seed(0)
+    return Scorer(PRESETS["tiny"]).eval()
+
+
+def test_scores_are_the_diagonal_of_the_similarities_and_padding_is_not_read():
+    model = tiny_scorer()
+    ids = torch.randint(2, 64, (3, 12))
+    ids[:, 7:] = 0  # [PAD]
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    similarity = model.similarity(model.embed_text(ids), model.embed_images(images))
+    torch.testing.assert_close(model(ids, images), similarity.diagonal())
+    other_padding = ids.clone()
+    other_padding[:, 7:] = 0
+    with torch.no_grad():
+        model.tok_emb.weight[0] += 5.0  # what [PAD] embeds to must not matter
+    torch.testing.assert_close(model.embed_text(ids), model.embed_text(other_padding))
+    assert torch.isfinite(model.embed_text(torch.zeros(1, 12, dtype=torch.long))).all()  # an empty caption
+    with pytest.raises(ValueError, match=r"images \(B, 3, 16, 16\)"):
+        model.embed_images(torch.zeros(1, 3, 32, 32))
+
+
+def test_contrastive_loss_prefers_matching_pairs_and_blur_keeps_flat_images():
+    model = tiny_scorer()
+    ids = torch.randint(2, 64, (4, 12))
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    loss, similarity = contrastive_loss(model, ids, images)
+    assert similarity.shape == (4, 4) and loss > 0
+    flat = torch.full((2, 3, 16, 16), 0.3)
+    torch.testing.assert_close(soften(flat, 1.0), flat)
+
+
+def test_word_tokenizer_is_the_same_for_the_same_captions(tmp_path):
+    captions = ["Bo runs. Mimi sits!", "bo and Zed run", "Mimi waves."]
+    first, second = TextTokenizer.words(captions, length=8), TextTokenizer.words(list(reversed(captions)), length=8)
+    assert first.tokenizer.get_vocab() == second.tokenizer.get_vocab()
+    ids = first.encode(["Bo runs and Quill sits."]).ids
+    assert ids.shape == (1, 8) and int(ids[0, 3]) == 1  # "quill" is unknown: [UNK]
+    first.save_pretrained(tmp_path / "words")
+    assert torch.equal(
+        TextTokenizer.from_pretrained(tmp_path / "words").encode("Mimi waves.").ids, first.encode("Mimi waves.").ids
+    )
+    assert first.decode(first.encode("Mimi waves.").ids) == ["mimi waves ."]
+
+
+def test_best_candidates_keep_sampling_order_on_ties():
+    assert best_candidates(torch.tensor([[1.0, 3.0, 3.0, 0.0]])).tolist() == [[1, 2, 0, 3]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scorer")
+    story_model = tiny_storydalle(root)  # builds root / "data": sprites at 32 px
+    config = ScorerTask.model_presets["tiny"]
+    config = config.replace(model=config.model.replace(image_size=32))
+    scorer = train("scorer", config, ScorerTask.train_presets["tiny"].replace(steps=6), str(root / "data"), root / "s")
+    return root, story_model, scorer
+
+
+def test_training_writes_a_scorer_bundle_that_knows_its_data(trained):
+    root, _, scorer_dir = trained
+    info = json.loads((scorer_dir / "config.json").read_text())
+    assert info["model_type"] == "scorer-bundle" and info["heldout_split"] == "val"
+    assert 0.0 <= info["story_retrieval"] <= 1.0
+    scorer = load_model(scorer_dir / "scorer")
+    assert scorer.config.image_size == 32 and scorer.config.text_vocab_size > 20
+    reranker = Reranker.from_pretrained(scorer_dir)
+    story = open_dataset(root / "data").split("val")[0]
+    images = torch.from_numpy(story["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    scores = reranker(story["captions"][:2], torch.stack([images[:3], images[2:]]))
+    assert scores.shape == (2, 3) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="candidate images"):
+        reranker(story["captions"][:1], images)
+
+
+def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):
+    _, story_model, scorer_dir = trained
+    pipeline = load_pipeline(story_model)
+    seen, candidates = [], []
+
+    def darkest(captions, images):
+        seen.append(list(captions))
+        candidates.append(images)
+        return -images.mean(dim=(2, 3, 4))
+
+    pipeline.use_scorer(darkest)
+    captions = ["Bo waves in the town.", "Bo jumps."]
+    options = SamplingOptions(seed=1, top_k=8, candidates=4)
+    (result,) = pipeline.generate([StoryRequest(captions)], options)
+    assert seen == [captions[:1], captions[1:]]  # frame 1, then the frames that continue it
+    for frame, images in zip(result.frames, candidates):
+        means = images[0].mean(dim=(1, 2, 3))
+        assert means.max() > means.min()  # the candidates differ
+        drawn = torch.from_numpy(frame).float().mean() / 127.5 - 1
+        assert abs(float(drawn - means.min())) < 0.01  # the darkest one was kept
+
+    with_bundle_scorer = load_pipeline(story_model, scorer=scorer_dir)
+    assert with_bundle_scorer.describe()["scorer"] == str(scorer_dir)
+    again = with_bundle_scorer.generate([StoryRequest(captions)], options)
+    assert again[0].codes == with_bundle_scorer.generate([StoryRequest(captions)], options)[0].codes
+
+
+def test_scorer_on_the_command_line(trained, tmp_path, capsys):
+    _, story_model, scorer_dir = trained
+    out = tmp_path / "story"
+    argv = ["generate", "--model", str(story_model), "--caption", "Bo waves.", "--candidates", "2"]
+    assert main([*argv, "--scorer", str(scorer_dir), "--out", str(out)]) == 0
+    record = json.loads((out / "story.json").read_text())
+    assert record["model"]["scorer"] == str(scorer_dir)
+    assert main([*argv, "--scorer", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
