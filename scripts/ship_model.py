@@ -1,9 +1,12 @@
 """Copies a trained model folder into the package (src/storyviz/assets/models/NAME) in float16.
 
     python scripts/ship_model.py RUN/model NAME [--data DATA] [--sampling top_k=32 --sampling guidance=3]
+                                 [--scorer SCORER_RUN/model]
 
-A bundle (DALL-E, StoryDALL-E) is copied part by part: each part with weights in float16, the text tokenizer
-as it is; any other model folder (ARLDM, a judge) is converted whole. Judges are measured again on the held-out
+A bundle (DALL-E, StoryDALL-E, a scorer) is copied part by part: each part with weights in float16 (a part that
+is itself a bundle likewise), the text tokenizer as it is; any other model folder (ARLDM, a judge) is converted
+whole. `--scorer` adds a re-ranking scorer (`storyviz train scorer`) to a token model's bundle as its "scorer"
+part, which its pipeline then uses for `--candidates`. Judges are measured again on the held-out
 split of DATA after the conversion (their config.json keeps the accuracy the shipped weights reach).
 `--sampling KEY=VALUE` records the sampling settings the model's measured results used as its defaults
 (config.json "sampling", read by `storyviz.pipelines.base.model_sampling`).
@@ -32,17 +35,21 @@ def ship_weights(source: Path, out: Path, sampling: dict | None = None) -> None:
     model.save_pretrained(out, extra=extra | ({"sampling": sampling} if sampling else {}))
 
 
-def ship_bundle(source: Path, out: Path, sampling: dict) -> None:
-    """A bundle folder: its config.json (with the sampling defaults), every weights part in float16, other parts
-    copied."""
-    parts = read_weights_config(source)["config"]["parts"]
+def ship_bundle(source: Path, out: Path, sampling: dict, added: dict[str, Path] | None = None) -> None:
+    """A bundle folder: its config.json (with the sampling defaults), every weights part in float16 (bundle parts
+    part by part), other parts copied; `added` parts {name: folder} join it."""
+    parts = {name: source / folder for name, folder in read_weights_config(source)["config"]["parts"].items()}
+    parts |= added or {}
     with atomic_dir(out) as tmp:
-        for folder in parts.values():
-            if (source / folder / WEIGHTS_NAME).is_file():
-                ship_weights(source / folder, tmp / folder)
+        for name, folder in parts.items():
+            if (folder / WEIGHTS_NAME).is_file():
+                ship_weights(folder, tmp / name)
+            elif (folder / CONFIG_NAME).is_file() and read_weights_config(folder)["model_type"].endswith("-bundle"):
+                ship_bundle(folder, tmp / name, {})
             else:
-                shutil.copytree(source / folder, tmp / folder)
+                shutil.copytree(folder, tmp / name)
         payload = json.loads((source / CONFIG_NAME).read_text())
+        payload["config"]["parts"] = {name: name for name in parts}
         payload |= {"weights_dtype": "float16"} | ({"sampling": sampling} if sampling else {})
         (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
@@ -53,14 +60,17 @@ def main() -> None:
     parser.add_argument("name", help="bundled model name")
     parser.add_argument("--data", help="data set for re-measuring a judge")
     parser.add_argument("--sampling", action="append", default=[], metavar="KEY=VALUE", help="a sampling default")
+    parser.add_argument("--scorer", type=Path, help="a scorer bundle to add as the token model's 'scorer' part")
     args = parser.parse_args()
     source, out = Path(args.source), ASSETS / "models" / args.name
     info = read_weights_config(source)
     defaults = SamplingOptions().to_dict()
     changed = SamplingOptions().with_overrides(args.sampling).to_dict()
     sampling = {key: value for key, value in changed.items() if value != defaults[key]}
+    if args.scorer is not None and info["model_type"] not in ("dalle-bundle", "storydalle-bundle"):
+        raise SystemExit(f"--scorer applies to token models (DALL-E, StoryDALL-E), not to a {info['model_type']!r}")
     if info["model_type"].endswith("-bundle"):
-        ship_bundle(source, out, sampling)
+        ship_bundle(source, out, sampling, {"scorer": args.scorer} if args.scorer else None)
     else:
         if sampling and info["model_type"] not in PIPELINES:
             raise SystemExit(f"--sampling applies to models that generate stories, not to a {info['model_type']!r}")

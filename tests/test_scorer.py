@@ -83,7 +83,7 @@ def test_training_writes_a_scorer_bundle_that_knows_its_data(trained):
     root, _, scorer_dir = trained
     info = json.loads((scorer_dir / "config.json").read_text())
     assert info["model_type"] == "scorer-bundle" and info["heldout_split"] == "val"
-    assert 0.0 <= info["story_retrieval"] <= 1.0
+    assert 0.0 <= info["retrieval"] <= 1.0 and info["retrieval_group"] == "story"
     scorer = load_model(scorer_dir / "scorer")
     assert scorer.config.image_size == 32 and scorer.config.text_vocab_size > 20
     reranker = Reranker.from_pretrained(scorer_dir)
@@ -131,3 +131,14 @@ def test_scorer_on_the_command_line(trained, tmp_path, capsys):
     assert record["model"]["scorer"] == str(scorer_dir)
     assert main([*argv, "--scorer", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_scorer_of_single_frames_is_measured_among_groups_of_frames(tmp_path):
+    from storyviz.data.build import build
+
+    build("digits", tmp_path / "digits", count=24, size=16, seed=0)
+    config = ScorerTask.model_presets["tiny"]
+    train_config = ScorerTask.train_presets["tiny"].replace(batch_size=8)
+    out = train("scorer", config, train_config, str(tmp_path / "digits"), tmp_path / "run")
+    info = json.loads((out / "config.json").read_text())
+    assert info["retrieval_group"] == 32 and 0.0 <= info["retrieval"] <= 1.0

@@ -12,8 +12,8 @@ than the originals) and get faint noise.
 
 The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
 on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
-records `story_retrieval`: on the held-out split, the share of captions whose own frame scores highest among the
-frames of its story.
+records `retrieval`: on the held-out split, the share of captions whose own frame scores highest among the
+frames of its story (`retrieval_group` "story"), or among 32 frames for a data set of single frames.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from storyviz.weights import update_weights_config
 
 SCORER_BUNDLE = "scorer-bundle"
 HELDOUT_SPLIT = "val"
+SINGLE_FRAME_GROUP = 32  # held-out retrieval among this many frames when stories have one frame
 
 
 @dataclass(frozen=True)
@@ -91,21 +92,22 @@ def contrastive_loss(model: Scorer, ids: torch.Tensor, images: torch.Tensor) -> 
 
 
 @torch.no_grad()
-def story_retrieval(model: Scorer, tokenizer: TextTokenizer, stories, stories_at_once: int = 64) -> float:
-    """The share of captions (plain) whose own frame scores highest among the frames of their story."""
+def retrieval(model: Scorer, tokenizer: TextTokenizer, stories, group: int = 0, stories_at_once: int = 64) -> float:
+    """The share of captions (plain) whose own frame scores highest among a group of frames: the frames of their
+    story (group 0), or `group` frames in story order (for data sets of single frames)."""
     model.eval()
-    hits = total = 0
+    images, text = [], []
     for first in range(0, len(stories), stories_at_once):
         chunk = [stories[index] for index in range(first, min(first + stories_at_once, len(stories)))]
         frames = torch.from_numpy(np.stack([story["frames"] for story in chunk]))  # (S, L, H, W, 3)
-        count, length = frames.shape[:2]
-        images = model.embed_images(images_of(frames, model.config.image_size)).view(count, length, -1)
-        ids = tokenizer.encode([caption for story in chunk for caption in story["captions"]]).ids
-        text = model.embed_text(ids).view(count, length, -1)
-        best = (text @ images.transpose(1, 2)).argmax(-1)  # (S, L): the frame each caption picks
-        hits += int((best == torch.arange(length)).sum())
-        total += count * length
-    return hits / total
+        images.append(model.embed_images(images_of(frames, model.config.image_size)))
+        text.append(model.embed_text(tokenizer.encode([c for story in chunk for c in story["captions"]]).ids))
+    images, text = torch.cat(images), torch.cat(text)
+    size = min(group or len(stories[0]["captions"]), len(images))
+    count = len(images) // size * size
+    images, text = images[:count].view(-1, size, images.shape[-1]), text[:count]
+    best = (text.view(images.shape) @ images.transpose(1, 2)).argmax(-1)  # (groups, size): the frame each picks
+    return float((best == torch.arange(size)).float().mean())
 
 
 class ScorerTask(Task):
@@ -162,19 +164,23 @@ class ScorerTask(Task):
             images = augment(soften(images, self.model_config.blur))
         loss, similarity = contrastive_loss(model, ids, images)
         length = frames.shape[1]
-        same_story = similarity.view(-1, length, frames.shape[0], length).diagonal(dim1=0, dim2=2)  # (L, L, S)
-        picks = same_story.argmax(dim=1)  # (L, S): the frame of its story each caption picks
         logs = {
             "accuracy": (similarity.argmax(1) == torch.arange(len(ids))).float().mean().item(),
-            "story_accuracy": (picks == torch.arange(length)[:, None]).float().mean().item(),
             "scale": model.scale().item(),
         }
+        if length > 1:
+            same_story = similarity.view(-1, length, frames.shape[0], length).diagonal(dim1=0, dim2=2)  # (L, L, S)
+            picks = same_story.argmax(dim=1)  # (L, S): the frame of its story each caption picks
+            logs["story_accuracy"] = (picks == torch.arange(length)[:, None]).float().mean().item()
         return loss, logs
 
     def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
-        """Writes the scorer bundle, then measures it on the held-out split (config.json `story_retrieval`)."""
+        """Writes the scorer bundle, then measures it on the held-out split (config.json `retrieval`)."""
         parts = {"scorer": model, "tokenizer": self.tokenizer}
         write_bundle(directory, SCORER_BUNDLE, parts, extra={**extra, "data": self.store.meta.get("name")})
         if HELDOUT_SPLIT in self.store.splits:
-            accuracy = story_retrieval(model, self.tokenizer, self.store.split(HELDOUT_SPLIT))
-            update_weights_config(directory, {"heldout_split": HELDOUT_SPLIT, "story_retrieval": accuracy})
+            stories = self.store.split(HELDOUT_SPLIT)
+            group = 0 if self.store.meta["frames_per_story"] > 1 else SINGLE_FRAME_GROUP
+            accuracy = retrieval(model, self.tokenizer, stories, group)
+            fields = {"heldout_split": HELDOUT_SPLIT, "retrieval": accuracy, "retrieval_group": group or "story"}
+            update_weights_config(directory, fields)
