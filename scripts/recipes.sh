@@ -6,7 +6,8 @@
 #   bash scripts/recipes.sh vqgan-digits-f4 a digits tokenizer with 16x16 codes (L1/L2 only; not used by the DALL-E)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train and ship ARLDM on sprites (after arldm-vae)
-#   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E
+#   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E,
+#                                           its re-ranking scorer
 #   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites)
 #   bash scripts/recipes.sh storydalle-ablations   no cross-attention, no story encoder, prompt tuning (after storydalle)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
@@ -79,9 +80,11 @@ case "${1:-}" in
             train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits"
         train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 4000
         train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 7000
+        # the re-ranking scorer (caption-frame, contrastive): batches of 96 single frames
+        train scorer small "$WORK/data/digits" "$WORK/runs/scorer-digits" --steps 1200 --set train.batch_size=96
         # into the package, with the sampling settings chosen on val (benchmarks/RESULTS.md)
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/dalle-digits/model" digits \
-            --sampling top_k=8 --sampling guidance=5 ;;
+            --sampling top_k=8 --sampling guidance=5 --sampling candidates=4 --scorer "$WORK/runs/scorer-digits/model" ;;
     storydalle)
         [ -d "$WORK/runs/vqgan-sprites-f4-gan/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
         codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" "$WORK/codes/sprites"
@@ -103,5 +106,5 @@ case "${1:-}" in
         storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
         storydalle small-prompt storydalle-prompt ;;
-    *) sed -n '2,11p' "$0"; exit 2 ;;
+    *) sed -n '2,12p' "$0"; exit 2 ;;
 esac
