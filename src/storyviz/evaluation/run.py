@@ -27,7 +27,7 @@ from storyviz.evaluation.report import write_report
 from storyviz.evaluation.samples import write_samples
 from storyviz.pipelines import StoryRequest, load_pipeline
 from storyviz.progress import progress
-from storyviz.registry import load_model, resolve_model_dir
+from storyviz.registry import DEFAULT_MODEL, load_model, resolve_model_dir
 from storyviz.weights import read_weights_config
 
 TOKENIZER_TYPES = ("vqgan", "dvae", "arldm-vae")
@@ -88,7 +88,7 @@ def generate_samples(
             records.append(_record(story, index, captions, frames, skip_first=continuation))
         bar.update(len(batch))
     bar.close()
-    made_with = {"model": str(model), "task": "continuation" if continuation else "visualization"}
+    made_with = {"model": str(model or DEFAULT_MODEL), "task": "continuation" if continuation else "visualization"}
     made_with |= {"captions": captions, "sampling": options.to_dict()} | ({"weights": "int8"} if int8 else {})
     if "scorer" in (described := pipeline.describe()):
         made_with["scorer"] = described["scorer"]
