@@ -8,7 +8,8 @@
 #   bash scripts/recipes.sh arldm           train and ship ARLDM on sprites (after arldm-vae)
 #   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E,
 #                                           its re-ranking scorer
-#   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites)
+#   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E (after vqgan-sprites),
+#                                           its re-ranking scorer
 #   bash scripts/recipes.sh storydalle-ablations   no cross-attention, no story encoder, prompt tuning (after storydalle)
 # WORK (default: ./work) holds data and runs. Training times measured on the 2-core CPU: benchmarks/RESULTS.md.
 set -euo pipefail
@@ -99,12 +100,16 @@ case "${1:-}" in
             --set model.model.story_to_image=true --set model.model.copy_gate=true \
             --set model.story_code_loss_weight=5 --set model.first_row_loss_weight=4 \
             --set train.steps=2000 --set train.lr=1e-4
+        # the re-ranking scorer (caption-frame, contrastive): the preset's 3000 steps of 16 stories; shipped as a
+        # part that `--candidates N` uses, one candidate by default (a 4-frame story in under 2 s)
+        train scorer small "$WORK/data/sprites" "$WORK/runs/scorer-sprites"
         # into the package as the default model, with the sampling settings chosen on val (benchmarks/RESULTS.md)
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-story/model" sprites \
-            --sampling top_k=64 --sampling guidance=3 --sampling guidance_start=64 ;;
+            --sampling top_k=64 --sampling guidance=3 --sampling guidance_start=64 \
+            --scorer "$WORK/runs/scorer-sprites/model" ;;
     storydalle-ablations)  # after storydalle: the same adaptation without each new part, and prompt tuning
         storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
         storydalle small-prompt storydalle-prompt ;;
-    *) sed -n '2,12p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac

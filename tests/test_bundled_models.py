@@ -4,12 +4,15 @@ measured quality is in benchmarks/RESULTS.md."""
 
 import numpy as np
 import pytest
+import torch
 
 from storyviz.data.digits import digit_record
 from storyviz.data.sprites.stories import story_record
 from storyviz.evaluation.judges import judge_frames, load_judge
 from storyviz.evaluation.metrics import char_f1
 from storyviz.pipelines.base import SamplingOptions, StoryRequest, load_pipeline
+from storyviz.pipelines.dalle import bundled_scorer
+from storyviz.registry import ASSETS
 
 HEADS = ("digit", "colour", "background")
 
@@ -46,3 +49,25 @@ def test_sprites_models_continue_stories_with_their_characters(name):
     readings, _ = judge_frames(load_judge("judge-sprites"), frames)
     truth = np.concatenate([record["labels"]["characters"][1:] for record in records])
     assert char_f1(readings["characters"], truth) >= 0.6
+
+
+@pytest.mark.parametrize("name", ["digits", "sprites"])
+def test_shipped_scorers_pick_the_real_frame_of_a_caption(name):
+    # each caption against the real frames of 4 test items (a story's frames for sprites): its own frame should win
+    reranker = bundled_scorer(ASSETS / "models" / name)
+    if name == "digits":
+        records = [digit_record(0, "test", index) for index in range(32)]
+        groups = [records[start : start + 4] for start in range(0, 32, 4)]
+        captions = [[record["captions"][0] for record in group] for group in groups]
+        frames = [np.stack([record["frames"][0] for record in group]) for group in groups]
+    else:
+        records = [story_record(0, "test", index) for index in range(8)]
+        captions = [record["captions"][:4] for record in records]
+        frames = [record["frames"][:4] for record in records]
+    right = total = 0
+    for texts, pictures in zip(captions, frames):
+        images = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
+        scores = reranker(texts, images[None].expand(len(texts), -1, -1, -1, -1))
+        right += int((scores.argmax(dim=1) == torch.arange(len(texts))).sum())
+        total += len(texts)
+    assert right >= 0.75 * total, f"{name}'s scorer picked the caption's own frame for {right} of {total} captions"
