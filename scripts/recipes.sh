@@ -3,6 +3,7 @@
 #   bash scripts/recipes.sh data            build data/sprites and data/digits (10,000 training items each)
 #   bash scripts/recipes.sh judges          train, certify and ship judge-sprites and judge-digits
 #   bash scripts/recipes.sh vqgan-sprites   train the sprites image tokenizer (stage 1): L1/L2, then the discriminator
+#   bash scripts/recipes.sh vqgan-sprites-wide   a wider sprites tokenizer (L1/L2 only; not used by StoryDALL-E yet)
 #   bash scripts/recipes.sh vqgan-digits-f4 a digits tokenizer with 16x16 codes (L1/L2 only; not used by the DALL-E)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train and ship ARLDM on sprites (after arldm-vae)
@@ -26,6 +27,11 @@ train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an 
     else
         python -m storyviz train "$task" --preset "$preset" --data "$data" --out "$run" "$@"
     fi
+}
+
+steps_done() {  # steps_done RUN: the training step of RUN's exported model (0 before its first export)
+    python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("training_step", 0))' "$1/model/config.json" \
+        2>/dev/null || echo 0
 }
 
 codes() {  # codes DATA TOKENIZER_RUN OUT: every frame's image codes, once
@@ -59,6 +65,14 @@ case "${1:-}" in
             python "$ROOT/scripts/ship_model.py" "$WORK/runs/judge-$set/model" "judge-$set" --data "$WORK/data/$set"
         done ;;
     vqgan-sprites) data; vqgan small-f4 sprites "$WORK/runs/vqgan-sprites-f4" 2000 ;;
+    vqgan-sprites-wide)  # channels 32, 1024 entries, bf16: 5000 steps of L1/L2, resumed to 8000 and to 10000 (each
+        # restarts the cosine from where the run is); not yet under the shipped StoryDALL-E
+        data
+        for steps in 5000 8000 10000; do
+            [ "$(steps_done "$WORK/runs/vqgan-sprites-wide")" -ge $steps ] ||
+                train vqgan small-f4 "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-wide" --steps $steps \
+                    --set model.ch=32 --set model.n_embed=1024 --set train.precision=bf16
+        done ;;
     vqgan-digits-f4) data; train vqgan small-f4 "$WORK/data/digits" "$WORK/runs/vqgan-digits-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
@@ -79,8 +93,10 @@ case "${1:-}" in
         # schedule from where the run is)
         [ -d "$WORK/runs/dalle-digits/model" ] ||
             train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits"
-        train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 4000
-        train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps 7000
+        for steps in 4000 7000; do
+            [ "$(steps_done "$WORK/runs/dalle-digits")" -ge $steps ] ||
+                train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps $steps
+        done
         # the re-ranking scorer (caption-frame, contrastive): batches of 96 single frames
         train scorer small "$WORK/data/digits" "$WORK/runs/scorer-digits" --steps 1200 --set train.batch_size=96
         # into the package, with the sampling settings chosen on val (benchmarks/RESULTS.md)
@@ -111,5 +127,5 @@ case "${1:-}" in
         storydalle small storydalle-no-cross --set model.model.cross_attention_every=0
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
         storydalle small-prompt storydalle-prompt ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac
