@@ -29,9 +29,16 @@ train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an 
     fi
 }
 
-steps_done() {  # steps_done RUN: the training step of RUN's exported model (0 before its first export)
-    python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("training_step", 0))' "$1/model/config.json" \
-        2>/dev/null || echo 0
+steps_done() {  # steps_done RUN: the furthest step RUN reached (its exported model or a checkpoint; 0 for none)
+    python - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+steps = [int(path.name.split("-")[1]) for path in run.glob("checkpoints/step-*")]
+if (run / "model" / "config.json").is_file():
+    steps.append(json.loads((run / "model" / "config.json").read_text()).get("training_step", 0))
+print(max(steps, default=0))
+PY
 }
 
 codes() {  # codes DATA TOKENIZER_RUN OUT: every frame's image codes, once
