@@ -31,12 +31,13 @@ train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an 
 
 steps_done() {  # steps_done RUN: the furthest step RUN reached (its exported model or a checkpoint; 0 for none)
     python - "$1" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
+from storyviz.training.checkpoint import list_checkpoints
+from storyviz.weights import read_weights_config
 run = Path(sys.argv[1])
-steps = [int(path.name.split("-")[1]) for path in run.glob("checkpoints/step-*")]
-if (run / "model" / "config.json").is_file():
-    steps.append(json.loads((run / "model" / "config.json").read_text()).get("training_step", 0))
+steps = [step for step, _ in list_checkpoints(run)]
+steps += [read_weights_config(run / "model").get("training_step", 0)] if (run / "model").is_dir() else []
 print(max(steps, default=0))
 PY
 }
@@ -98,11 +99,10 @@ case "${1:-}" in
         codes "$WORK/data/digits" "$WORK/runs/vqgan-digits-gan" "$WORK/codes/digits"
         # the shipped model: the preset's 2400 steps, then resumed to 4000 and to 7000 (each restarts the cosine
         # schedule from where the run is)
-        [ -d "$WORK/runs/dalle-digits/model" ] ||
-            train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --set "model.codes=$WORK/codes/digits"
-        for steps in 4000 7000; do
+        for steps in 2400 4000 7000; do
             [ "$(steps_done "$WORK/runs/dalle-digits")" -ge $steps ] ||
-                train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps $steps
+                train dalle small "$WORK/data/digits" "$WORK/runs/dalle-digits" --steps $steps \
+                    --set "model.codes=$WORK/codes/digits"
         done
         # the re-ranking scorer (caption-frame, contrastive): batches of 96 single frames
         train scorer small "$WORK/data/digits" "$WORK/runs/scorer-digits" --steps 1200 --set train.batch_size=96

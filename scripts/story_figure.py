@@ -7,28 +7,24 @@ model generated (from `storyviz evaluate`'s samples folder; story continuation k
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from storyviz.data import open_dataset
+from storyviz.evaluation.samples import read_samples
 
 
-def story_rows(samples: Path, data: Path, split: str, count: int, scale: int) -> Image.Image:
+def story_rows(samples_dir: Path, data: Path, split: str, count: int, scale: int) -> Image.Image:
+    samples = read_samples(samples_dir)
     stories = open_dataset(data).split(split)
-    indices = sorted({int(path.name[:5]) for path in samples.glob("*_*.png")})[:count]
-    if not indices:
-        raise SystemExit(f"{samples}: no sample frames (NNNNN_FF.png) found")
+    if not samples.stories:
+        raise SystemExit(f"{samples_dir}: no stories in its samples.json")
     rows = []
-    for index in indices:
-        real = list(stories[index]["frames"])
-        generated = [
-            np.asarray(Image.open(path).convert("RGB")) if (path := samples / f"{index:05d}_{j:02d}.png").is_file()
-            else real[j]  # the source frame of a continuation
-            for j in range(len(real))
-        ]  # fmt: skip
+    for story in samples.stories[:count]:
+        real = list(stories[story.story_index]["frames"])
+        generated = [samples.frame(story, j) if made else real[j] for j, made in enumerate(story.generated)]
         rows += [np.concatenate(real, axis=1), np.concatenate(generated, axis=1)]
     image = Image.fromarray(np.concatenate(rows, axis=0))
     return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
@@ -44,8 +40,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     story_rows(args.samples, args.data, args.split, args.stories, args.scale).save(args.out)
-    made_with = json.loads((args.samples / "samples.json").read_text()).get("made_with", {})
-    print(f"wrote {args.out} from {made_with.get('model', args.samples)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from storyviz.evaluation.metrics import char_f1
 from storyviz.pipelines.base import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.dalle import bundled_scorer
 from storyviz.registry import ASSETS
+from storyviz.training.tasks.scorer import images_of
 
 HEADS = ("digit", "colour", "background")
 
@@ -66,7 +67,7 @@ def test_shipped_scorers_pick_the_real_frame_of_a_caption(name):
         frames = [record["frames"][:4] for record in records]
     right = total = 0
     for texts, pictures in zip(captions, frames):
-        images = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
+        images = images_of(torch.from_numpy(pictures), reranker.scorer.config.image_size)
         scores = reranker(texts, images[None].expand(len(texts), -1, -1, -1, -1))
         right += int((scores.argmax(dim=1) == torch.arange(len(texts))).sum())
         total += len(texts)
