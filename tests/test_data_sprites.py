@@ -191,3 +191,29 @@ def test_cli_build_and_inspect(tmp_path, capsys):
     assert "32..256" in capsys.readouterr().err
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
     assert main(["data", "tokenize", "--tokenizer", "t", "--data", "d", "--out", "o"]) == 2  # no tokenizer folder 't'
+
+
+def has_guest(story) -> bool:
+    return any(character["kind"] == "guest" for character in story["annotation"][0]["characters"])
+
+
+def test_guest_share_sets_how_many_stories_have_a_guest(tmp_path, capsys):
+    for share in (0.0, 1.0):
+        build("sprites", tmp_path / str(share), 20, size=32, seed=5, guest_share=share)
+    every, none = open_dataset(tmp_path / "1.0"), open_dataset(tmp_path / "0.0")
+    assert every.meta["guest_share"] == 1.0 and none.meta["guest_share"] == 0.0
+    for split in ("train", "val", "test"):
+        assert all(has_guest(story) for story in every.split(split))
+        assert not any(has_guest(story) for story in none.split(split))
+    for split in ("train", "test"):  # a guest's look is described in frame 1 and kept to the end
+        for story in every.split(split):
+            guest = next(c for c in story["annotation"][0]["characters"] if c["kind"] == "guest")
+            assert f"{guest['name']} is {guest['colour']} and" in story["captions"][0]
+            look = lambda c: (c["name"], c["body"], c["colour"], c["accessory"], c["slot"])  # noqa: E731
+            for frame in story["annotation"]:
+                assert look(guest) in {look(c) for c in frame["characters"]}
+    assert digest(tmp_path / "1.0" / "test_unseen.h5") == digest(tmp_path / "0.0" / "test_unseen.h5")
+    assert main(["data", "build", "sprites", "--out", str(tmp_path / "bad"), "--guest-share", "1.5"]) == 2
+    assert "guest share 1.5" in capsys.readouterr().err
+    assert main(["data", "build", "digits", "--out", str(tmp_path / "bad"), "--guest-share", "0.5"]) == 2
+    assert "only the sprites world" in capsys.readouterr().err

@@ -20,6 +20,14 @@ def add_parser(subparsers) -> None:
     build.add_argument("--stories", type=int, default=10_000, help="training stories (images for digits)")
     build.add_argument("--size", type=int, default=64, help="image size in px (sprites: 32..256)")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--guest-share",
+        type=float,
+        default=None,
+        metavar="P",
+        help="sprites: the share of stories with a guest, whose look must be carried over from frame 1 "
+        "(default 0.35; test_unseen is not affected)",
+    )
     build.set_defaults(handler=run_build)
 
     inspect = commands.add_parser("inspect", help="counts, characters, settings and caption examples")
@@ -62,7 +70,7 @@ def add_parser(subparsers) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from storyviz.data.build import build
 
-    summary = build(args.kind, args.out, args.stories, size=args.size, seed=args.seed)
+    summary = build(args.kind, args.out, args.stories, size=args.size, seed=args.seed, guest_share=args.guest_share)
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
     print(
         f"built {args.kind} in {summary['path']}: {splits} stories; {summary['frames']} frames in "

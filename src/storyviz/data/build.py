@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,26 +24,41 @@ def split_sizes(kind: str, count: int) -> dict[str, int]:
     return {name: count if name == "train" else other for name in names}
 
 
-def build(kind: str, out: str | Path, count: int | None = None, size: int = 64, seed: int = 0) -> dict[str, Any]:
+def build(
+    kind: str,
+    out: str | Path,
+    count: int | None = None,
+    size: int = 64,
+    seed: int = 0,
+    guest_share: float | None = None,
+) -> dict[str, Any]:
     """Builds `kind` ("sprites" or "digits") into the folder `out` (replaced atomically when complete).
+
+    guest_share (sprites only): the share of stories with a guest, in every split but test_unseen; None: the
+    world's default (0.35). The data set's meta.json records it.
 
     Returns a summary: {"path", "splits": {split: stories}, "frames", "seconds", "frames_per_second"}.
     """
     if kind == "sprites":
         from storyviz.data.sprites import world
         from storyviz.data.sprites.draw import check_size
-        from storyviz.data.sprites.stories import story_record
+        from storyviz.data.sprites.stories import GUEST_PROBABILITY, story_record
 
         check_size(size)
+        guest_share = GUEST_PROBABILITY if guest_share is None else guest_share
+        if not 0.0 <= guest_share <= 1.0:
+            raise ValueError(f"guest share {guest_share}: expected a probability in [0, 1]")
         count = 10_000 if count is None else count
-        make: Callable[[int, str, int, int], dict] = story_record
+        make: Callable[[int, str, int, int], dict] = functools.partial(story_record, guest_share=guest_share)
         length, heads, pronouns = 5, world.label_heads(), True
         description = {"world": world.describe_world(), "characters": list(world.NAMED_NAMES),
-                       "settings": list(world.SETTINGS)}  # fmt: skip
+                       "settings": list(world.SETTINGS), "guest_share": guest_share}  # fmt: skip
         kind_name = "stories"
     elif kind == "digits":
         from storyviz.data import digits
 
+        if guest_share is not None:
+            raise ValueError("guest share: only the sprites world has guests")
         if not 8 <= size <= 256:
             raise ValueError(f"digits image size {size} is out of range; expected 8..256 px")
         count = 10_000 if count is None else count

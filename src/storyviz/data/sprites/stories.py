@@ -135,15 +135,21 @@ def make_guest(rng: np.random.Generator) -> Character:
     return Character(name, body, colour, accessory, gender, "guest")
 
 
-def plan_story(rng: np.random.Generator, unseen: bool, length: int = 5) -> list[dict]:
-    """The frames of one story: [{"setting", "variant", "actors": [Actor], "caption": _Caption}] (L)."""
+def plan_story(
+    rng: np.random.Generator, unseen: bool, length: int = 5, guest_share: float = GUEST_PROBABILITY
+) -> list[dict]:
+    """The frames of one story: [{"setting", "variant", "actors": [Actor], "caption": _Caption}] (L).
+
+    guest_share: the probability that a story outside test_unseen has a guest (a character seen only in that story,
+    whose look frame 1's caption describes and later frames must carry over).
+    """
     setting = _pick(rng, SETTINGS)
     variant = int(rng.integers(BACKGROUND_VARIANTS))
     if unseen:
         count = 2 if rng.random() < 0.25 else 1
         newcomers = [UNSEEN[i] for i in rng.choice(len(UNSEEN), size=count, replace=False)]
     else:
-        newcomers = [make_guest(rng)] if rng.random() < GUEST_PROBABILITY else []
+        newcomers = [make_guest(rng)] if rng.random() < guest_share else []
     size = max(len(newcomers), int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3])))
     if len(newcomers) == 2:  # keeps frame 1's caption (two descriptions) short
         size = 2
@@ -284,10 +290,12 @@ def _pronoun_captions(frames: list[dict]) -> list[str]:
     return out
 
 
-def story_record(seed: int, split: str, index: int, size: int = 64, length: int = 5) -> dict:
+def story_record(
+    seed: int, split: str, index: int, size: int = 64, length: int = 5, guest_share: float = GUEST_PROBABILITY
+) -> dict:
     """One story record of the shared data API (frames, captions, captions_pronoun, labels, annotation)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-    frames = plan_story(rng, unseen=split == "test_unseen", length=length)
+    frames = plan_story(rng, unseen=split == "test_unseen", length=length, guest_share=guest_share)
     images = np.stack([
         draw_frame(size, f["setting"], f["variant"], [actor.state() for actor in f["actors"]]) for f in frames
     ])  # fmt: skip

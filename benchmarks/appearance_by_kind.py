@@ -1,0 +1,70 @@
+"""How well generated sprites frames draw each character's look, split by the kind of character.
+
+    python benchmarks/appearance_by_kind.py SAMPLES_DIR --data DATA [--judge judge-sprites]
+
+SAMPLES_DIR is the `samples` folder that `storyviz evaluate --out OUT` writes (OUT/samples). For every character
+that the ground truth puts in a generated frame, the judge reads the body, colour and accessory drawn in that
+character's screen slot (characters keep their slot through a story). Printed per kind of character: "named" (the
+nine recurring characters, whose look the name gives), "guest" (one story only; frame 1's caption describes the
+look, later captions only name it) and "unseen" (test_unseen's held-out looks, the same way): how many, the share
+with each attribute right, with all three right ("look"), with the slot drawn empty, and drawn as one of the named
+characters' looks instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from storyviz.data.sprites.world import ACCESSORIES, BODIES, COLOURS, NAMED
+from storyviz.data.store import open_dataset
+from storyviz.evaluation.judges import judge_frames, load_judge
+from storyviz.evaluation.samples import read_samples
+
+ATTRIBUTES = {"body": ["none", *BODIES], "colour": ["none", *COLOURS], "accessory": ["none", *ACCESSORIES]}
+NAMED_LOOKS = {character.look for character in NAMED}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("samples", help="a samples folder (OUT/samples of storyviz evaluate)")
+    parser.add_argument("--data", required=True, help="the sprites data set the samples were made from")
+    parser.add_argument("--judge", default="judge-sprites")
+    args = parser.parse_args()
+    samples = read_samples(args.samples)
+    stories = open_dataset(args.data).split(samples.split)
+    frames, characters = [], []  # characters: per generated frame, the annotation's characters
+    for story in samples.stories:
+        annotation = stories[story.story_index]["annotation"]
+        for index, generated in enumerate(story.generated):
+            if generated:
+                frames.append(samples.frame(story, index))
+                characters.append(annotation[index]["characters"])
+    predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]
+    counts: dict[str, dict[str, int]] = {}
+    for row, present in enumerate(characters):
+        for character in present:
+            drawn = tuple(ATTRIBUTES[name][int(predicted[f"{character['slot']}.{name}"][row])] for name in ATTRIBUTES)
+            truth = tuple(character[name] for name in ATTRIBUTES)
+            count = counts.setdefault(character["kind"], dict.fromkeys(["characters", *ATTRIBUTES, "look", "empty",
+                                                                          "drawn_as_named"], 0))  # fmt: skip
+            count["characters"] += 1
+            for name, value, true in zip(ATTRIBUTES, drawn, truth):
+                count[name] += value == true
+            count["look"] += drawn == truth
+            count["empty"] += drawn[0] == "none"
+            count["drawn_as_named"] += drawn != truth and drawn in NAMED_LOOKS
+    result = {
+        kind: {
+            "characters": c["characters"],
+            **{k: round(v / c["characters"], 3) for k, v in c.items() if k != "characters"},
+        }
+        for kind, c in sorted(counts.items())
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
