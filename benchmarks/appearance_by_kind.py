@@ -8,7 +8,8 @@ character's screen slot (characters keep their slot through a story). Printed pe
 nine recurring characters, whose look the name gives), "guest" (one story only; frame 1's caption describes the
 look, later captions only name it) and "unseen" (test_unseen's held-out looks, the same way): how many, the share
 with each attribute right, with all three right ("look"), with the slot drawn empty, and drawn as one of the named
-characters' looks instead.
+characters' looks instead; then the same for characters in frame 1's pose (same action and held object, so the
+source frame shows them exactly as they should be drawn: "KIND, same pose") and in a new one ("KIND, new pose").
 """
 
 from __future__ import annotations
@@ -35,27 +36,32 @@ def main() -> None:
     args = parser.parse_args()
     samples = read_samples(args.samples)
     stories = open_dataset(args.data).split(samples.split)
-    frames, characters = [], []  # characters: per generated frame, the annotation's characters
+    frames, characters = [], []  # characters: per generated frame, [(annotation of a character, its group)]
     for story in samples.stories:
         annotation = stories[story.story_index]["annotation"]
+        first = {c["name"]: (c["action"], c["holding"]) for c in annotation[0]["characters"]}
         for index, generated in enumerate(story.generated):
             if generated:
                 frames.append(samples.frame(story, index))
-                characters.append(annotation[index]["characters"])
+                characters.append([
+                    (c, "same pose" if first.get(c["name"]) == (c["action"], c["holding"]) else "new pose")
+                    for c in annotation[index]["characters"]
+                ])  # fmt: skip
     predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]
     counts: dict[str, dict[str, int]] = {}
     for row, present in enumerate(characters):
-        for character in present:
+        for character, pose in present:
             drawn = tuple(ATTRIBUTES[name][int(predicted[f"{character['slot']}.{name}"][row])] for name in ATTRIBUTES)
             truth = tuple(character[name] for name in ATTRIBUTES)
-            count = counts.setdefault(character["kind"], dict.fromkeys(["characters", *ATTRIBUTES, "look", "empty",
-                                                                          "drawn_as_named"], 0))  # fmt: skip
-            count["characters"] += 1
-            for name, value, true in zip(ATTRIBUTES, drawn, truth):
-                count[name] += value == true
-            count["look"] += drawn == truth
-            count["empty"] += drawn[0] == "none"
-            count["drawn_as_named"] += drawn != truth and drawn in NAMED_LOOKS
+            for group in (character["kind"], f"{character['kind']}, {pose}"):
+                count = counts.setdefault(group, dict.fromkeys(["characters", *ATTRIBUTES, "look", "empty",
+                                                                "drawn_as_named"], 0))  # fmt: skip
+                count["characters"] += 1
+                for name, value, true in zip(ATTRIBUTES, drawn, truth):
+                    count[name] += value == true
+                count["look"] += drawn == truth
+                count["empty"] += drawn[0] == "none"
+                count["drawn_as_named"] += drawn != truth and drawn in NAMED_LOOKS
     result = {
         kind: {
             "characters": c["characters"],

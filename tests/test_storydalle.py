@@ -22,7 +22,7 @@ def make_model(config=TINY, seed=0, open_gates=True) -> StoryDalle:
     if open_gates:  # a trained model's cross-attention is open; a closed one (zero projection) would hide it
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if any(f".cross.{part}." in name for part in ("proj", "story", "copy_gate")):
+                if any(part in name for part in (".cross.proj.", ".cross.story.", ".cross.copy_gate.", "copy_head.")):
                     parameter.normal_(0.0, 0.05)
     return model.eval()
 
@@ -108,9 +108,14 @@ def test_first_image_token_is_read_after_the_prefix():
 @pytest.mark.parametrize(("prompt_len", "additions"), [(0, False), (3, False), (3, True)])
 def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_len, additions):
     """Bug 2 of the release: cached single-token steps got no cross-attention output. additions: storyviz's
-    story_to_image and copy_gate on."""
+    story_to_image, copy_gate and copy_source on."""
     config = story_config(
-        BASE.replace(layers=3), story=TINY.story, prompt_len=prompt_len, story_to_image=additions, copy_gate=additions
+        BASE.replace(layers=3),
+        story=TINY.story,
+        prompt_len=prompt_len,
+        story_to_image=additions,
+        copy_gate=additions,
+        copy_source=additions,
     )
     model = make_model(config)
     text, image, source, sentences = inputs(config=config)
@@ -147,8 +152,9 @@ def test_guidance_branch_has_neither_caption_nor_source_frame():
         engine.generate(text, sampling, prefix=prefix, unconditional_kwargs={"other": unconditional["context_rows"]})
 
 
-def test_engine_greedy_cached_equals_uncached_with_story_inputs():
-    model = make_model()
+@pytest.mark.parametrize("copy_source", [False, True])
+def test_engine_greedy_cached_equals_uncached_with_story_inputs(copy_source):
+    model = make_model(TINY.replace(copy_source=copy_source))
     text, _, source, sentences = inputs()
     story = model.story_tokens(sentences)[0]
     prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
@@ -211,7 +217,7 @@ def test_story_to_image_starts_closed_and_then_reaches_only_the_image_prediction
         before_text, before_image = trained(text, image, story=story, source=rows_source)
         torch.testing.assert_close(text_logits, before_text, rtol=0, atol=0)  # text positions do not see it
         assert (image_logits - before_image).abs().amax(dim=-1).min() > 1e-4  # every image prediction does
-    with pytest.raises(WeightsError, match="turning story_to_image or copy_gate on"):
+    with pytest.raises(WeightsError, match="turning story_to_image, copy_gate or copy_source on"):
         StoryDalle.from_story(model, TINY)
     with pytest.raises(ConfigError, match="story_to_image needs a story encoder"):
         story_config(BASE, story_encoder=False, story_to_image=True)
@@ -232,6 +238,31 @@ def test_copy_gate_starts_at_one_and_can_close_the_source_frame():
     closed = model(text, image, story=story, source=source)[1]
     torch.testing.assert_close(closed, without_source, rtol=0, atol=1e-5)
     assert (expected - without_source).abs().max() > 1e-3
+
+
+def test_copy_source_starts_at_zero_then_lifts_only_the_source_token_of_rows_with_a_source(tmp_path):
+    trained = make_model().float()
+    model = StoryDalle.from_story(trained, TINY.replace(copy_source=True)).eval()
+    beta = model.dalle.copy_head.beta
+    assert any(p is beta.weight for p in model.new_parameters())
+    text, image, source, sentences = inputs()
+    story = trained.story_tokens(sentences.float())[0]
+    before_text, before = trained(text, image, story=story, source=source)
+    torch.testing.assert_close(model(text, image, story=story, source=source)[1], before, rtol=0, atol=0)
+    with torch.no_grad():
+        beta.bias.fill_(2.5)
+    rows = torch.tensor([True, False, True])
+    text_logits, after = model(text, image, story=story, source=source, source_rows=rows)
+    torch.testing.assert_close(text_logits, before_text, rtol=0, atol=0)
+    expected = trained(text, image, story=story, source=source, source_rows=rows)[1].clone()
+    for row in (0, 2):  # +2.5 on the source frame's token at every position, nothing else
+        expected[row].scatter_add_(-1, source[row, :, None], torch.full((source.shape[1], 1), 2.5))
+    torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-6)
+    model.save_pretrained(tmp_path / "model")
+    loaded = StoryDalle.from_pretrained(tmp_path / "model").eval()
+    torch.testing.assert_close(loaded(text, image, story=story, source=source, source_rows=rows)[1], after)
+    with pytest.raises(ConfigError, match="copy_source needs cross-attention layers"):
+        story_config(BASE, cross_attention_every=0, copy_source=True)
 
 
 def test_from_dalle_refuses_another_architecture():

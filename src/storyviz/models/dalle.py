@@ -105,6 +105,7 @@ class Dalle(nn.Module, Pretrained):
         self.apply(_init_weights)
         column_major_(self)
         self.fast_decode = None  # an inference form's own decoding step (models.inference.LeanDecoding)
+        self.copy_head = None  # StoryDALL-E's optional SourceCopy (models.source_copy), which reads block_kwargs
 
     # --- pieces ---------------------------------------------------------------------------------------------
 
@@ -168,9 +169,13 @@ class Dalle(nn.Module, Pretrained):
             cache.advance(length)
         return x
 
-    def image_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) -> (B, L, V_img)."""
-        return self.head_img.forward(self.ln_f.forward(hidden))
+    def image_logits(self, hidden: torch.Tensor, first: int = 0, **block_kwargs) -> torch.Tensor:
+        """(B, L, D) hidden states that predict image tokens first ... first+L-1 -> (B, L, V_img)."""
+        normed = self.ln_f.forward(hidden)
+        logits = self.head_img.forward(normed)
+        if self.copy_head is not None:
+            logits = self.copy_head(normed, logits, first, **block_kwargs)
+        return logits
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, V_txt)."""
@@ -212,7 +217,8 @@ class Dalle(nn.Module, Pretrained):
         hidden = self.run_blocks(x, key_valid=key_valid, **block_kwargs)
         first_text = 0 if prefix_len else 1
         text_logits = self.text_logits(hidden[:, prefix_len - 1 + first_text : prefix_len + length - 1])
-        image_logits = self.image_logits(hidden[:, prefix_len + length - 1 : prefix_len + length - 1 + image.shape[1]])
+        first_image = prefix_len + length - 1
+        image_logits = self.image_logits(hidden[:, first_image : first_image + image.shape[1]], 0, **block_kwargs)
         return text_logits, image_logits
 
     def next_image_logits(
@@ -231,7 +237,7 @@ class Dalle(nn.Module, Pretrained):
             x = torch.cat([x, self.embed_image(image)], dim=1)
         key_valid = self._key_valid(text, text_mask, prefix_len, image.shape[1])
         hidden = self.run_blocks(x, key_valid=key_valid, **block_kwargs)
-        return self.image_logits(hidden[:, -1]).float()
+        return self.image_logits(hidden[:, -1:], image.shape[1], **block_kwargs)[:, 0].float()
 
     # --- cached step API (storyviz.sampling.Engine) ---------------------------------------------------------
 
@@ -271,7 +277,7 @@ class Dalle(nn.Module, Pretrained):
             cache.key_bias[:, : key_valid.shape[1]].masked_fill_(~key_valid, float("-inf"))
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
         cache.prompt_length = cache.length
-        return self.image_logits(hidden[:, -1]).float()
+        return self.image_logits(hidden[:, -1:], 0, **block_kwargs)[:, 0].float()
 
     def decode(self, image_token: torch.Tensor, cache: KVCache, **block_kwargs) -> torch.Tensor:
         """Feeds one image token per sequence, image_token (B,) int64 at the next image position; returns the
@@ -282,7 +288,7 @@ class Dalle(nn.Module, Pretrained):
         x = self.embed_image(image_token[:, None], start)
         key_valid = None if cache.key_bias is None else cache.key_bias[:, : cache.length + 1]
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
-        return self.image_logits(hidden[:, -1]).float()
+        return self.image_logits(hidden[:, -1:], start + 1, **block_kwargs)[:, 0].float()
 
     def set_prefix_len(self, prefix_len: int) -> None:
         """Reserves position embeddings for `prefix_len` prefix vectors (e.g. StoryDALL-E on imported minDALL-E

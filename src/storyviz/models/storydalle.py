@@ -8,7 +8,8 @@ Three additions to a (pretrained) `Dalle`:
 - for prompt tuning, a learned prompt of `prompt_len` vectors through a Linear-Tanh-Linear re-parameterisation,
   prepended before the story token (the base transformer frozen; see `trainable_parameters`).
 storyviz's own options, described in cross_attention.py: `position_bias` (on by default) and, off by default,
-`story_to_image` (the story token also added to the image positions) and `copy_gate` (a gate on the source frame).
+`story_to_image` (the story token also added to the image positions) and `copy_gate` (a gate on the source frame);
+and `copy_source` (source_copy.py: a learned logit bonus for the source frame's token at the predicted position).
 
 Sequence of one frame:  [prompt (prompt_len) | story token (1) | text (T) | image (N)]; with P = prompt_len + 1
 prefix vectors, the first image token is predicted at position P+T-1 (not T-1, the released code's bug 3), and
@@ -32,6 +33,7 @@ from storyviz.config import Config, ConfigError
 from storyviz.models.cross_attention import CrossBlock
 from storyviz.models.dalle import Dalle, DalleConfig
 from storyviz.models.layers import column_major_
+from storyviz.models.source_copy import SourceCopy
 from storyviz.models.story_encoder import ScratchSentenceEncoder, StoryEncoder, StoryEncoderConfig
 from storyviz.weights import Pretrained, WeightsError
 
@@ -46,6 +48,7 @@ class StoryDalleConfig(Config):
     position_bias: bool = True  # learned 2-D offset bias in the cross-attention (storyviz's; see cross_attention.py)
     story_to_image: bool = False  # the story token also added in every cross-attention block (cross_attention.py)
     copy_gate: bool = False  # a gate per position on what the cross-attention takes from the source (same file)
+    copy_source: bool = False  # a learned logit bonus for the source's token at the same position (source_copy.py)
     story_encoder: bool = True
     story: StoryEncoderConfig = field(default_factory=StoryEncoderConfig)
     prompt_len: int = 0  # > 0: a learned prompt (prompt tuning)
@@ -76,6 +79,8 @@ class StoryDalleConfig(Config):
             raise ConfigError("StoryDalleConfig.story_to_image needs a story encoder and cross-attention layers")
         if self.copy_gate and not self.cross_layers:
             raise ConfigError("StoryDalleConfig.copy_gate needs cross-attention layers (cross_attention_every > 0)")
+        if self.copy_source and not self.cross_layers:
+            raise ConfigError("StoryDalleConfig.copy_source needs cross-attention layers (cross_attention_every > 0)")
         if self.mode == "prompt" and self.prompt_len == 0 and not self.story_encoder and not self.cross_layers:
             raise ConfigError("StoryDalleConfig: prompt tuning needs something new to train (a prompt, story or cross)")
 
@@ -85,11 +90,12 @@ class StoryDalleConfig(Config):
 
     def grown(self, requested: StoryDalleConfig) -> StoryDalleConfig:
         """This (trained) architecture with what training on may add from `requested`: its cross_attention_every,
-        and story_to_image / copy_gate turned on (never off)."""
+        and story_to_image / copy_gate / copy_source turned on (never off)."""
         return self.replace(
             cross_attention_every=requested.cross_attention_every,
             story_to_image=self.story_to_image or requested.story_to_image,
             copy_gate=self.copy_gate or requested.copy_gate,
+            copy_source=self.copy_source or requested.copy_source,
         )
 
     @property
@@ -133,14 +139,19 @@ class Prompt(nn.Module):
 
 
 def _copy_weights(module: nn.Module, source: dict, where: str, fresh: frozenset[str] = frozenset()) -> None:
-    """Loads `source` into `module`, whose keys missing from it must be new cross-attention sub-layers (or in
-    `fresh`; they keep their initialisation); any other difference is an error naming the keys."""
+    """Loads `source` into `module`, whose keys missing from it must be new cross-attention sub-layers or a new
+    source copy (or in `fresh`; they keep their initialisation); any other difference is an error naming the keys."""
     target = module.state_dict()
-    missing = sorted(key for key in set(target) - set(source) - fresh if ".cross." not in key)
+    missing = sorted(key for key in set(target) - set(source) - fresh if not _new_part(key))
     bad = missing + sorted(set(source) - set(target))
     if bad:
         raise WeightsError(f"{where}: keys that do not correspond: {bad}")
     module.load_state_dict({**target, **source}, strict=True)
+
+
+def _new_part(key: str) -> bool:
+    """Whether a state-dict key belongs to what StoryDALL-E adds inside the DALL-E (cross-attention, source copy)."""
+    return ".cross." in key or "copy_head." in key
 
 
 class StoryDalle(nn.Module, Pretrained):
@@ -166,6 +177,8 @@ class StoryDalle(nn.Module, Pretrained):
                 attention_dropout=dalle.attention_dropout,
                 dropout=dalle.residual_dropout,
             )
+        if config.copy_source:
+            self.dalle.copy_head = SourceCopy(dalle.width)
         self.story_encoder = StoryEncoder(config.story, dalle.width) if config.story_encoder else None
         self.sentence_encoder = None
         if config.story_encoder and config.story.sentences == "scratch":
@@ -197,13 +210,14 @@ class StoryDalle(nn.Module, Pretrained):
 
     @classmethod
     def from_story(cls, story: StoryDalle, config: StoryDalleConfig) -> StoryDalle:
-        """Builds a StoryDALL-E from a trained one with more cross-attention layers, `story_to_image` or `copy_gate` on
-        (`config` may differ from `story.config` only there, keeping every layer it had): every weight is copied
-        and the new sub-layers start fresh (closed when gated, so the outputs are unchanged at first)."""
+        """Builds a StoryDALL-E from a trained one with more cross-attention layers, `story_to_image`, `copy_gate` or
+        `copy_source` on (`config` may differ from `story.config` only there, keeping every layer it had): every
+        weight is copied and the new sub-layers start fresh (closed when gated, so the outputs are unchanged at
+        first)."""
         if story.config.grown(config) != config:
             raise WeightsError(
                 "StoryDalle.from_story: the configs may differ only in cross_attention_every and in turning "
-                f"story_to_image or copy_gate on: {story.config.to_dict()} vs {config.to_dict()}"
+                f"story_to_image, copy_gate or copy_source on: {story.config.to_dict()} vs {config.to_dict()}"
             )
         dropped = sorted(set(story.config.cross_layers) - set(config.cross_layers))
         if dropped:
@@ -268,6 +282,8 @@ class StoryDalle(nn.Module, Pretrained):
             return kwargs
         if source_rows is None:
             source_rows = torch.ones(source.shape[0], dtype=torch.bool, device=source.device)
+        if self.config.copy_source:
+            kwargs["source_codes"] = source
         return {**kwargs, "context": context, "context_rows": source_rows, "cross_from": cross_from}
 
     def generation_inputs(
@@ -310,8 +326,7 @@ class StoryDalle(nn.Module, Pretrained):
 
     def new_parameters(self) -> list[nn.Parameter]:
         """The parameters StoryDALL-E adds to DALL-E (cross-attention, story encoder, prompt)."""
-        new = [p for name, p in self.named_parameters() if ".cross." in name or not name.startswith("dalle.")]
-        return new
+        return [p for name, p in self.named_parameters() if _new_part(name) or not name.startswith("dalle.")]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Full fine-tuning: every parameter. Prompt tuning: the new parts plus the token and position
