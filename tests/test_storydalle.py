@@ -7,6 +7,7 @@ from storyviz.config import ConfigError
 from storyviz.models.cross_attention import CrossAttention
 from storyviz.models.dalle import PRESETS as DALLE_PRESETS
 from storyviz.models.dalle import Dalle
+from storyviz.models.source_copy import GAIN
 from storyviz.models.story_encoder import StoryEncoderConfig
 from storyviz.models.storydalle import PRESETS, StoryDalle, story_config
 from storyviz.sampling import Engine, SamplingConfig
@@ -250,7 +251,7 @@ def test_copy_source_starts_at_zero_then_lifts_only_the_source_token_of_rows_wit
     before_text, before = trained(text, image, story=story, source=source)
     torch.testing.assert_close(model(text, image, story=story, source=source)[1], before, rtol=0, atol=0)
     with torch.no_grad():
-        beta.bias.fill_(2.5)
+        beta.bias.fill_(2.5 / GAIN)
     rows = torch.tensor([True, False, True])
     text_logits, after = model(text, image, story=story, source=source, source_rows=rows)
     torch.testing.assert_close(text_logits, before_text, rtol=0, atol=0)

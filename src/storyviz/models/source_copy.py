@@ -1,7 +1,7 @@
 """StoryDALL-E's source copy (storyviz's addition, not in the paper): a learned bonus, added to the image logits, for
 the source frame's token at the position being predicted.
 
-    logits[b, i, source[b, i]] += beta(ln_f(h[b, i]))          beta: Linear(width, 1), zero-initialised
+    logits[b, i, source[b, i]] += GAIN * beta(ln_f(h[b, i]))          beta: Linear(width, 1), zero-initialised
 
 Why: on sprites, a character the model has never seen by name (a guest, or test_unseen's held-out looks) keeps its
 screen slot through a story, and in a frame where it also keeps its pose the source frame holds exactly the tokens
@@ -12,7 +12,9 @@ the output layer say "the source's token here" in one step, and by how much, fro
 (the cross-attention and story token included); it can also go negative (the story has moved on).
 
 `beta` starts at zero (outputs unchanged at step 0) and learns from the first step: the loss's gradient on it is
-p(source token) - [target == source token], which is not zero. Rows without a source frame (context_rows False:
+p(source token) - [target == source token], which is not zero. GAIN makes it learn at GAIN times the learning rate
+(Adam moves a weight by about the learning rate per step, whatever its gradient's size): at gain 1 and lr 1e-4, 1000
+steps of fine-tuning on sprites left the weight's norm at 0.1 and the drawn looks unchanged. Rows without a source frame (context_rows False:
 the first frame of story visualization, and the guidance branch) get no bonus, and neither does a position past
 the source's last token.
 """
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+GAIN = 10.0
 
 
 class SourceCopy(nn.Module):
@@ -49,7 +53,7 @@ class SourceCopy(nn.Module):
         count = min(logits.shape[1], source_codes.shape[1] - first)
         if count <= 0:
             return logits
-        beta = self.beta.forward(normed[:, :count]).to(logits.dtype)  # (B, count, 1)
+        beta = GAIN * self.beta.forward(normed[:, :count]).to(logits.dtype)  # (B, count, 1)
         if context_rows is not None:
             beta = beta * context_rows[:, None, None].to(beta.dtype)
         index = source_codes[:, first : first + count, None]
