@@ -14,9 +14,9 @@ layer say "the source's token here" in one step, and by how much, from everythin
 p(source token) - [target == source token], which is not zero. GAIN multiplies its output, so that one Adam step
 (about the learning rate per weight, whatever the gradient's size) moves the bonus GAIN times as far: at gain 1 and
 lr 1e-4, 1000 steps of fine-tuning on sprites left the weight's norm at 0.1 and the drawn looks unchanged; at gain
-10, 1500 steps lifted setting accuracy and appearance a little but not unseen characters' looks (RESULTS). Rows without a source
-frame (context_rows False: the first frame of story visualization, and the guidance branch) get no bonus, and
-neither does a position past the source's last token.
+10, 1500 steps lifted setting accuracy and appearance a little but not unseen characters' looks (RESULTS).
+Rows without a source frame (context_rows False: the first frame of story visualization, and the guidance branch)
+get no bonus, and neither does a position past the source's last token.
 """
 
 from __future__ import annotations
