@@ -37,16 +37,14 @@ def main() -> None:
     samples = read_samples(args.samples)
     stories = open_dataset(args.data).split(samples.split)
     frames, characters = [], []  # characters: per generated frame, [(annotation of a character, its group)]
-    for story in samples.stories:
+    for story, index, frame in samples.generated_frames():
         annotation = stories[story.story_index]["annotation"]
         first = {c["name"]: (c["action"], c["holding"]) for c in annotation[0]["characters"]}
-        for index, generated in enumerate(story.generated):
-            if generated:
-                frames.append(samples.frame(story, index))
-                characters.append([
-                    (c, "same pose" if first.get(c["name"]) == (c["action"], c["holding"]) else "new pose")
-                    for c in annotation[index]["characters"]
-                ])  # fmt: skip
+        frames.append(frame)
+        characters.append([
+            (c, "same pose" if first.get(c["name"]) == (c["action"], c["holding"]) else "new pose")
+            for c in annotation[index]["characters"]
+        ])  # fmt: skip
     predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]
     counts: dict[str, dict[str, int]] = {}
     for row, present in enumerate(characters):

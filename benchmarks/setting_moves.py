@@ -29,14 +29,12 @@ def main() -> None:
     samples = read_samples(args.samples)
     stories = open_dataset(args.data).split(samples.split)
     frames, truth, first, previous = [], [], [], []
-    for story in samples.stories:
+    for story, index, frame in samples.generated_frames():
         setting = np.asarray(stories[story.story_index]["labels"]["setting"])
-        for index, generated in enumerate(story.generated):
-            if generated:
-                frames.append(samples.frame(story, index))
-                truth.append(setting[index])
-                first.append(setting[0])
-                previous.append(setting[index - 1] if index else setting[0])
+        frames.append(frame)
+        truth.append(setting[index])
+        first.append(setting[0])
+        previous.append(setting[index - 1] if index else setting[0])
     predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]["setting"]
     truth, first, previous = np.array(truth), np.array(first), np.array(previous)
     stayed = truth == first

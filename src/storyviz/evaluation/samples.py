@@ -15,6 +15,7 @@ generated (continuation: frame 0 is the given source frame and has no PNG). Digi
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,13 @@ class Samples:
                 return np.asarray(image.convert("RGB"))
         except OSError as error:
             raise SamplesError(f"{path}: not a readable image ({error})") from None
+
+    def generated_frames(self) -> Iterator[tuple[SampleStory, int, np.ndarray]]:
+        """(story, frame index, uint8 (H, W, 3) frame) for every generated frame, in story and frame order."""
+        for story in self.stories:
+            for index, generated in enumerate(story.generated):
+                if generated:
+                    yield story, index, self.frame(story, index)
 
 
 def write_samples(
