@@ -10,6 +10,8 @@ look, later captions only name it) and "unseen" (test_unseen's held-out looks, t
 with each attribute right, with all three right ("look"), with the slot drawn empty, and drawn as one of the named
 characters' looks instead; then the same for characters in frame 1's pose (same action and held object, so the
 source frame shows them exactly as they should be drawn: "KIND, same pose") and in a new one ("KIND, new pose").
+Then, under "presence", how often the judge finds the named characters a frame should show ("kept": also in frame 1,
+the source; "entering": not in frame 1), and how often it finds a character of frame 1 that has left ("left").
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     samples = read_samples(args.samples)
     stories = open_dataset(args.data).split(samples.split)
     frames, characters = [], []  # characters: per generated frame, [(annotation of a character, its group)]
+    presence = []  # per generated frame: ({named character: "kept" / "entering" / "left"})
     for story, index, frame in samples.generated_frames():
         annotation = stories[story.story_index]["annotation"]
         first = {c["name"]: (c["action"], c["holding"]) for c in annotation[0]["characters"]}
@@ -45,7 +48,10 @@ def main() -> None:
             (c, "same pose" if first.get(c["name"]) == (c["action"], c["holding"]) else "new pose")
             for c in annotation[index]["characters"]
         ])  # fmt: skip
-    predicted = judge_frames(load_judge(args.judge), np.stack(frames))[0]
+        here = {c["name"]: "kept" if c["name"] in first else "entering" for c in annotation[index]["characters"]}
+        presence.append({**dict.fromkeys(set(first) - set(here), "left"), **here})
+    judge = load_judge(args.judge)
+    predicted = judge_frames(judge, np.stack(frames))[0]
     counts: dict[str, dict[str, int]] = {}
     for row, present in enumerate(characters):
         for character, pose in present:
@@ -67,7 +73,23 @@ def main() -> None:
         }
         for kind, c in sorted(counts.items())
     }
+    result["presence"] = presence_shares(presence, predicted["characters"], judge)
     print(json.dumps(result))
+
+
+def presence_shares(presence: list[dict[str, str]], drawn: np.ndarray, judge) -> dict[str, dict[str, float]]:
+    """presence: per frame {name: "kept" / "entering" / "left"}; drawn (frames, classes) the judge's multi-hot
+    characters -> {group: {"characters": count, "drawn": share the judge finds}} (guests are not among its
+    classes)."""
+    classes = next(head.classes for head in judge.config.heads if head.name == "characters")
+    counts: dict[str, list[int]] = {}
+    for row, names in enumerate(presence):
+        for name, group in names.items():
+            if name in classes:
+                count = counts.setdefault(group, [0, 0])
+                count[0] += 1
+                count[1] += int(drawn[row, classes.index(name)])
+    return {group: {"characters": n, "drawn": round(hits / n, 3)} for group, (n, hits) in sorted(counts.items())}
 
 
 if __name__ == "__main__":
