@@ -14,7 +14,9 @@ from storyviz.pipelines.storydalle import StoryDallePipeline
 from storyviz.training.loop import train
 from storyviz.training.tasks.storydalle import (
     StoryDalleTask,
+    change_weights,
     code_presence,
+    corrupt_inputs,
     image_position_weights,
     story_code_loss,
 )
@@ -170,3 +172,43 @@ def test_first_row_loss_weights_are_normalised_to_mean_one():
     assert image_position_weights(16, 1.0).tolist() == [1.0] * 16
     with pytest.raises(ConfigError, match="first_row_loss_weight: expected > 0, got 0"):
         StoryDalleTask.model_presets["tiny"].replace(first_row_loss_weight=0.0)
+
+
+def test_input_noise_replaces_a_share_of_the_chosen_frames_input_tokens():
+    torch.manual_seed(0)
+    codes = torch.randint(1000, (64, 5, 256))  # 64 stories of 5 frames, a codebook of 1000
+    frames = torch.arange(5).expand(64, 5) > 0  # frames 2..5
+    noisy = corrupt_inputs(codes, frames, 0.4, 1000)
+    assert torch.equal(noisy[:, 0], codes[:, 0])  # frame 1 (the source) is left alone
+    changed = (noisy[:, 1:] != codes[:, 1:]).float().mean().item()
+    assert changed == pytest.approx(0.4 * (1 - 1 / 1000), abs=0.01)  # 65,536 tokens: +-0.002
+    assert noisy.min() >= 0 and noisy.max() < 1000
+    assert corrupt_inputs(codes, frames, 0.0, 1000) is codes
+    with pytest.raises(ConfigError, match=r"input_noise: expected a share in \[0, 1\), got 1.0"):
+        StoryDalleTask.model_presets["tiny"].replace(input_noise=1.0)
+
+
+def test_training_with_input_noise_still_learns(trained):
+    root, model_dir = trained
+    config = StoryDalleTask.model_presets["tiny"].replace(
+        pretrained=str(model_dir), codes=str(root / "codes"), input_noise=0.5
+    )
+    schedule = StoryDalleTask.train_presets["tiny"].replace(steps=12, lr=3e-3)
+    train("storydalle", config, schedule, str(root / "data"), root / "noisy")
+    rows = [json.loads(line) for line in (root / "noisy" / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["image_loss"] for row in rows if "image_loss" in row]
+    assert len(losses) == 12 and all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_change_weights_lift_the_tokens_that_differ_from_the_source():
+    source = torch.tensor([[1, 2, 3, 4]]).expand(3, 4)
+    codes = torch.tensor([[1, 2, 3, 4], [1, 9, 3, 9], [9, 9, 9, 9]])  # frame 1 itself, two changes, all changed
+    has_source = torch.tensor([True, True, False])  # the last row has no source frame: nothing to differ from
+    weights = change_weights(codes, source, has_source, 5.0)
+    expected = torch.tensor([[1.0] * 4, [1 / 3, 5 / 3, 1 / 3, 5 / 3], [1.0] * 4])  # each row: mean 1
+    torch.testing.assert_close(weights, expected)
+    assert change_weights(codes[2:], source[2:], torch.tensor([True]), 5.0).tolist() == [[1.0] * 4]  # all changed
+    assert torch.equal(change_weights(codes, source, has_source, 1.0), torch.ones(3, 4))
+    with pytest.raises(ConfigError, match="change_loss_weight: expected > 0, got -1"):
+        StoryDalleTask.model_presets["tiny"].replace(change_loss_weight=-1.0)
