@@ -266,6 +266,25 @@ def test_copy_source_starts_at_zero_then_lifts_only_the_source_token_of_rows_wit
         story_config(BASE, cross_attention_every=0, copy_source=True)
 
 
+def test_copy_source_marks_the_input_tokens_that_agree_with_the_source_in_rows_with_one():
+    model = make_model(TINY.replace(copy_source=True))
+    head = model.dalle.copy_head
+    text, image, source, _ = inputs()
+    image[:, 5:9] = source[:, 5:9]  # input positions 5..8 agree with the source in every row
+    rows = torch.tensor([True, False, True])
+    marks = head.mark(image, 0, source_codes=source, context_rows=rows)
+    agree = (image == source) & rows[:, None]
+    assert agree[0, 5:9].all() and not agree[1].any()
+    torch.testing.assert_close(marks, agree[..., None].double() * head.agree)
+    decoded = head.mark(image[:, 6:7], 6, source_codes=source, context_rows=rows)  # one token, as in decoding
+    torch.testing.assert_close(decoded, marks[:, 6:7])
+    assert head.mark(image, 0) is None  # no source frame: no marks
+    embedded = model.dalle.embed_image(image, source_codes=source, context_rows=rows)
+    torch.testing.assert_close(embedded - model.dalle.embed_image(image), marks)
+    fresh = StoryDalle.from_story(make_model(), TINY.replace(copy_source=True)).dalle.copy_head
+    assert torch.equal(fresh.agree, torch.zeros_like(fresh.agree))  # starts at zero: outputs unchanged
+
+
 def test_from_dalle_refuses_another_architecture():
     base = Dalle(BASE.replace(layers=3, width=64))
     with pytest.raises(WeightsError, match="differs from config.dalle"):

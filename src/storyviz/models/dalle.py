@@ -131,12 +131,17 @@ class Dalle(nn.Module, Pretrained):
             x = torch.cat([prefix.to(x.dtype), x], dim=1)
         return self.drop(x + positions)
 
-    def embed_image(self, image: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """image (B, N) int64 codes at image positions start ... start+N-1 -> (B, N, D)."""
+    def embed_image(self, image: torch.Tensor, start: int = 0, **block_kwargs) -> torch.Tensor:
+        """image (B, N) int64 codes at image positions start ... start+N-1 -> (B, N, D) (with the copy head's
+        marks, which read block_kwargs)."""
         end = start + image.shape[1]
         if end > self.config.image_len:
             raise ValueError(f"image position {end - 1} is beyond image_len={self.config.image_len}")
-        return self.drop.forward(self.tok_emb_img.forward(image) + self.pos_emb_img.weight[start:end])
+        x = self.tok_emb_img.forward(image) + self.pos_emb_img.weight[start:end]
+        if self.copy_head is not None:
+            marks = self.copy_head.mark(image, start, **block_kwargs)
+            x = x if marks is None else x + marks.to(x.dtype)
+        return self.drop.forward(x)
 
     def run_blocks(
         self,
@@ -212,7 +217,7 @@ class Dalle(nn.Module, Pretrained):
         x = self.embed_prompt(text, prefix)
         inputs = image[:, :-1]
         if inputs.shape[1]:
-            x = torch.cat([x, self.embed_image(inputs)], dim=1)
+            x = torch.cat([x, self.embed_image(inputs, **block_kwargs)], dim=1)
         key_valid = self._key_valid(text, text_mask, prefix_len, inputs.shape[1])
         hidden = self.run_blocks(x, key_valid=key_valid, **block_kwargs)
         first_text = 0 if prefix_len else 1
@@ -234,7 +239,7 @@ class Dalle(nn.Module, Pretrained):
         prefix_len = 0 if prefix is None else prefix.shape[1]
         x = self.embed_prompt(text, prefix)
         if image.shape[1]:
-            x = torch.cat([x, self.embed_image(image)], dim=1)
+            x = torch.cat([x, self.embed_image(image, **block_kwargs)], dim=1)
         key_valid = self._key_valid(text, text_mask, prefix_len, image.shape[1])
         hidden = self.run_blocks(x, key_valid=key_valid, **block_kwargs)
         return self.image_logits(hidden[:, -1:], image.shape[1], **block_kwargs)[:, 0].float()
@@ -285,7 +290,7 @@ class Dalle(nn.Module, Pretrained):
         if self.fast_decode is not None and not block_kwargs and not self.training:
             return self.fast_decode(image_token, cache)
         start = cache.length - cache.prompt_length
-        x = self.embed_image(image_token[:, None], start)
+        x = self.embed_image(image_token[:, None], start, **block_kwargs)
         key_valid = None if cache.key_bias is None else cache.key_bias[:, : cache.length + 1]
         hidden = self.run_blocks(x, key_valid=key_valid, cache=cache, **block_kwargs)
         return self.image_logits(hidden[:, -1:], start + 1, **block_kwargs)[:, 0].float()
