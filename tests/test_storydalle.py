@@ -275,7 +275,7 @@ def test_copy_source_marks_the_input_tokens_that_agree_with_the_source_in_rows_w
     marks = head.mark(image, 0, source_codes=source, context_rows=rows)
     agree = (image == source) & rows[:, None]
     assert agree[0, 5:9].all() and not agree[1].any()
-    torch.testing.assert_close(marks, agree[..., None].double() * head.agree)
+    torch.testing.assert_close(marks, agree[..., None].double() * GAIN * head.agree)
     decoded = head.mark(image[:, 6:7], 6, source_codes=source, context_rows=rows)  # one token, as in decoding
     torch.testing.assert_close(decoded, marks[:, 6:7])
     assert head.mark(image, 0) is None  # no source frame: no marks

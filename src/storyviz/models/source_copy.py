@@ -3,7 +3,7 @@ the source frame's token at the position being predicted, and a mark on the inpu
 frame's token at their position.
 
     logits[b, i, source[b, i]] += GAIN * beta(ln_f(h[b, i]))          beta: Linear(width, 1), zero-initialised
-    embedding(image[b, j]) += agree * [image[b, j] == source[b, j]]   agree: (width,), zero-initialised
+    embedding(image[b, j]) += GAIN * agree * [image[b, j] == source[b, j]]   agree: (width,), zero-initialised
 
 Why: on sprites, a character the model has never seen by name (a guest, or test_unseen's held-out looks) keeps its
 screen slot through a story, and in a frame where it also keeps its pose the source frame holds exactly the tokens
@@ -54,13 +54,13 @@ class SourceCopy(nn.Module):
         **extra,
     ) -> torch.Tensor | None:
         """image (B, N) codes at image positions start ... start+N-1 -> (B, N, D) to add to their embeddings
-        (`agree` where the token equals the source's at the same position, in rows with a source), or None."""
+        (GAIN x `agree` where the token equals the source's at the same position, in rows with a source), or None."""
         if source_codes is None:
             return None
         same = image == source_codes[:, start : start + image.shape[1]]
         if context_rows is not None:
             same = same & context_rows[:, None]
-        return same[..., None].to(self.agree.dtype) * self.agree
+        return same[..., None].to(self.agree.dtype) * (GAIN * self.agree)
 
     def forward(
         self,
