@@ -266,23 +266,44 @@ def test_copy_source_starts_at_zero_then_lifts_only_the_source_token_of_rows_wit
         story_config(BASE, cross_attention_every=0, copy_source=True)
 
 
-def test_copy_source_marks_the_input_tokens_that_agree_with_the_source_in_rows_with_one():
+def test_copy_source_reads_whether_the_left_upper_and_upper_right_tokens_agree_with_the_source():
     model = make_model(TINY.replace(copy_source=True))
-    head = model.dalle.copy_head
+    head = model.dalle.copy_head  # the tiny model's 16 image tokens: a 4 x 4 grid
+    agree = torch.zeros(2, 16, dtype=torch.bool)
+    agree[0, [0, 1, 2, 5]] = True  # row 0: tokens 0-2 agree, and token 5 (row 1, column 1)
+    patterns = head.patterns(agree, 0, 16)
+    assert patterns[0, 0] == 0  # no neighbours: outside the grid counts as disagreeing
+    assert patterns[0, 1] == 1 and patterns[0, 3] == 1  # left only (no row above)
+    assert patterns[0, 4] == 2 + 4  # column 0 of row 1: above (0) and above-right (1) agree, no left
+    assert patterns[0, 6] == 1 + 2 + 0  # left (5) and above (2) agree, above-right (3) does not
+    assert patterns[0, 5] == 2 + 4 and patterns[0, 9] == 2  # token 9: only the one above (5)
+    assert patterns[0, 7] == 0 and not patterns[1].any()
+    assert torch.equal(head.patterns(agree, 5, 3), patterns[:, 5:8])  # a window, as when decoding
     text, image, source, _ = inputs()
-    image[:, 5:9] = source[:, 5:9]  # input positions 5..8 agree with the source in every row
-    rows = torch.tensor([True, False, True])
-    marks = head.mark(image, 0, source_codes=source, context_rows=rows)
-    agree = (image == source) & rows[:, None]
-    assert agree[0, 5:9].all() and not agree[1].any()
-    torch.testing.assert_close(marks, agree[..., None].double() * GAIN * head.agree)
-    decoded = head.mark(image[:, 6:7], 6, source_codes=source, context_rows=rows)  # one token, as in decoding
-    torch.testing.assert_close(decoded, marks[:, 6:7])
-    assert head.mark(image, 0) is None  # no source frame: no marks
-    embedded = model.dalle.embed_image(image, source_codes=source, context_rows=rows)
-    torch.testing.assert_close(embedded - model.dalle.embed_image(image), marks)
-    fresh = StoryDalle.from_story(make_model(), TINY.replace(copy_source=True)).dalle.copy_head
-    assert torch.equal(fresh.agree, torch.zeros_like(fresh.agree))  # starts at zero: outputs unchanged
+    image[:, :6] = source[:, :6]
+    recorded = torch.zeros(3, 16, dtype=torch.bool)
+    head.record(image, 0, source_codes=source, source_agree=recorded)
+    assert torch.equal(recorded, image == source) and recorded[:, :6].all()
+    one = torch.zeros(3, 16, dtype=torch.bool)
+    for start in range(16):  # one token at a time, as the cached decoding feeds them
+        head.record(image[:, start : start + 1], start, source_codes=source, source_agree=one)
+    assert torch.equal(one, recorded)
+
+
+def test_the_agreement_table_lifts_the_source_token_where_the_neighbours_agree():
+    trained = make_model().float()
+    model = StoryDalle.from_story(trained, TINY.replace(copy_source=True)).eval()
+    head = model.dalle.copy_head
+    text, _, source, sentences = inputs()
+    image = torch.cat([source[:, :8], (source[:, 8:] + 1) % BASE.image_vocab_size], dim=1)  # rows 0-1 as the source
+    story = trained.story_tokens(sentences.float())[0]
+    before = trained(text, image, story=story, source=source)[1]
+    with torch.no_grad():
+        head.table[7] = 0.25  # left, above and above-right agree: +GAIN x 0.25
+    after = model(text, image, story=story, source=source)[1]
+    expected = before.clone()  # only tokens 5 and 6 (row 1, columns 1-2) have all three neighbours in rows 0-1
+    expected[:, 5:7] = expected[:, 5:7].scatter_add(-1, source[:, 5:7, None], torch.full((3, 2, 1), GAIN * 0.25))
+    torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_from_dalle_refuses_another_architecture():

@@ -132,16 +132,14 @@ class Dalle(nn.Module, Pretrained):
         return self.drop(x + positions)
 
     def embed_image(self, image: torch.Tensor, start: int = 0, **block_kwargs) -> torch.Tensor:
-        """image (B, N) int64 codes at image positions start ... start+N-1 -> (B, N, D) (with the copy head's
-        marks, which read block_kwargs)."""
+        """image (B, N) int64 codes at image positions start ... start+N-1 -> (B, N, D) (block_kwargs: for the
+        copy head's record)."""
         end = start + image.shape[1]
         if end > self.config.image_len:
             raise ValueError(f"image position {end - 1} is beyond image_len={self.config.image_len}")
-        x = self.tok_emb_img.forward(image) + self.pos_emb_img.weight[start:end]
-        if self.copy_head is not None:
-            marks = self.copy_head.mark(image, start, **block_kwargs)
-            x = x if marks is None else x + marks.to(x.dtype)
-        return self.drop.forward(x)
+        if self.copy_head is not None:  # it notes which tokens drawn so far equal the source frame's
+            self.copy_head.record(image, start, **block_kwargs)
+        return self.drop.forward(self.tok_emb_img.forward(image) + self.pos_emb_img.weight[start:end])
 
     def run_blocks(
         self,

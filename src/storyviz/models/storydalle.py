@@ -9,7 +9,8 @@ Three additions to a (pretrained) `Dalle`:
   prepended before the story token (the base transformer frozen; see `trainable_parameters`).
 storyviz's own options, described in cross_attention.py: `position_bias` (on by default) and, off by default,
 `story_to_image` (the story token also added to the image positions) and `copy_gate` (a gate on the source frame);
-and `copy_source` (source_copy.py: a learned logit bonus for the source frame's token at the predicted position).
+and `copy_source` (source_copy.py: a learned logit bonus for the source frame's token at the predicted position, from
+the hidden state and from whether the neighbouring tokens drawn so far equal the source's).
 
 Sequence of one frame:  [prompt (prompt_len) | story token (1) | text (T) | image (N)]; with P = prompt_len + 1
 prefix vectors, the first image token is predicted at position P+T-1 (not T-1, the released code's bug 3), and
@@ -81,6 +82,10 @@ class StoryDalleConfig(Config):
             raise ConfigError("StoryDalleConfig.copy_gate needs cross-attention layers (cross_attention_every > 0)")
         if self.copy_source and not self.cross_layers:
             raise ConfigError("StoryDalleConfig.copy_source needs cross-attention layers (cross_attention_every > 0)")
+        if self.copy_source and math.isqrt(self.dalle.image_len) ** 2 != self.dalle.image_len:
+            raise ConfigError(
+                f"StoryDalleConfig.copy_source needs a square token grid; dalle.image_len is {self.dalle.image_len}"
+            )
         if self.mode == "prompt" and self.prompt_len == 0 and not self.story_encoder and not self.cross_layers:
             raise ConfigError("StoryDalleConfig: prompt tuning needs something new to train (a prompt, story or cross)")
 
@@ -178,7 +183,7 @@ class StoryDalle(nn.Module, Pretrained):
                 dropout=dalle.residual_dropout,
             )
         if config.copy_source:
-            self.dalle.copy_head = SourceCopy(dalle.width)
+            self.dalle.copy_head = SourceCopy(dalle.width, math.isqrt(dalle.image_len))
         self.story_encoder = StoryEncoder(config.story, dalle.width) if config.story_encoder else None
         self.sentence_encoder = None
         if config.story_encoder and config.story.sentences == "scratch":
@@ -282,8 +287,9 @@ class StoryDalle(nn.Module, Pretrained):
             return kwargs
         if source_rows is None:
             source_rows = torch.ones(source.shape[0], dtype=torch.bool, device=source.device)
-        if self.config.copy_source:
+        if self.config.copy_source:  # the copy head's inputs, and its record of the agreement drawn so far
             kwargs["source_codes"] = source
+            kwargs["source_agree"] = torch.zeros(source.shape, dtype=torch.bool, device=source.device)
         return {**kwargs, "context": context, "context_rows": source_rows, "cross_from": cross_from}
 
     def generation_inputs(
