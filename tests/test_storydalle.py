@@ -7,7 +7,7 @@ from storyviz.config import ConfigError
 from storyviz.models.cross_attention import CrossAttention
 from storyviz.models.dalle import PRESETS as DALLE_PRESETS
 from storyviz.models.dalle import Dalle
-from storyviz.models.source_copy import GAIN
+from storyviz.models.source_copy import GAIN, TABLE_GAIN
 from storyviz.models.story_encoder import StoryEncoderConfig
 from storyviz.models.storydalle import PRESETS, StoryDalle, story_config
 from storyviz.sampling import Engine, SamplingConfig
@@ -299,10 +299,10 @@ def test_the_agreement_table_lifts_the_source_token_where_the_neighbours_agree()
     story = trained.story_tokens(sentences.float())[0]
     before = trained(text, image, story=story, source=source)[1]
     with torch.no_grad():
-        head.table[7] = 0.25  # left, above and above-right agree: +GAIN x 0.25
+        head.table[7] = 0.025  # left, above and above-right agree: +TABLE_GAIN x 0.025
     after = model(text, image, story=story, source=source)[1]
     expected = before.clone()  # only tokens 5 and 6 (row 1, columns 1-2) have all three neighbours in rows 0-1
-    expected[:, 5:7] = expected[:, 5:7].scatter_add(-1, source[:, 5:7, None], torch.full((3, 2, 1), GAIN * 0.25))
+    expected[:, 5:7] = expected[:, 5:7].scatter_add(-1, source[:, 5:7, None], torch.full((3, 2, 1), TABLE_GAIN * 0.025))
     torch.testing.assert_close(after, expected, rtol=1e-6, atol=1e-6)
 
 
