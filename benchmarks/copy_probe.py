@@ -22,7 +22,6 @@ from storyviz.data.codes import open_codes
 from storyviz.data.sprites.draw import slot_box
 from storyviz.data.sprites.world import SLOTS
 from storyviz.data.store import open_dataset
-from storyviz.models.source_copy import GAIN
 from storyviz.pipelines import load_pipeline
 
 
@@ -63,15 +62,16 @@ def main() -> None:
     codes = open_codes(args.codes).split(args.split)
     bonus: list[torch.Tensor] = []
     head = model.dalle.copy_head
-    if head is not None:  # the copy head's bonus, kept as it is computed (its Linear is called through .forward)
-        plain = head.beta.forward
+    if head is not None:  # the copy head's bonus on the source token, kept as it is added
+        add_bonus = head.forward
 
-        def kept(x: torch.Tensor) -> torch.Tensor:
-            out = plain(x)
-            bonus.append(GAIN * out[..., 0])
+        def kept(normed, logits, first, **inputs):
+            out = add_bonus(normed, logits, first, **inputs)
+            index = inputs["source_codes"][:, first : first + out.shape[1], None]
+            bonus.append((out.gather(-1, index) - logits.gather(-1, index))[..., 0])
             return out
 
-        head.beta.forward = kept
+        head.forward = kept
     masks = slot_masks(pipeline.grid[0], pipeline.image_size)
     totals: dict[tuple[str, str], list[float]] = {}
     for index in range(min(args.stories, len(stories))):
