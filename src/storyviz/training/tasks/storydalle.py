@@ -19,12 +19,13 @@ source frame's background through about one token of its 256 (the image loss is 
 With `change_loss_weight` C, the image tokens of frames 2..L that differ from the source frame's token at the same
 position weigh C times the others of the frame (each frame's weights keep mean 1): they are where a character
 enters, leaves or changes pose, which a model that copies the source frame gets wrong (on sprites it drew 36% of
-the characters entering a story, 84% of those kept).
-With `input_noise` P, a share P of the image tokens that frames 2..L are given as inputs (never the targets, nor
-the source frame) are replaced by random codes: with teacher forcing a frame's own earlier tokens give most of the
-next one away (a character's look, once its first tokens are drawn), so a model trained on clean inputs has little
-reason to read the source frame; noisy inputs make it (`corrupt_inputs`). `mode` "prompt" in the model config
-trains only the new parts and the embeddings.
+the characters entering a story, 84% of those kept). With `input_noise` P, a share P of the image tokens that
+frames 2..L are given as inputs (never the targets, nor the source frame) are replaced by random codes: with
+teacher forcing a frame's own earlier tokens give most of the next one away (a character's look, once its first
+tokens are drawn), so a model trained on clean inputs has little reason to read the source frame, and a copy path
+never sees a drawn frame that went wrong; noisy inputs show it both (`corrupt_inputs`).
+
+`mode` "prompt" in the model config trains only the new parts and the embeddings.
 
 Recipe (sprites, 64 px): `storyviz train vqgan`, `storyviz data tokenize`, `storyviz train dalle` on single
 frames, then `storyviz train storydalle --set model.pretrained=DALLE_RUN/model --set model.codes=CODES`.
