@@ -153,6 +153,34 @@ def test_guidance_branch_has_neither_caption_nor_source_frame():
         engine.generate(text, sampling, prefix=prefix, unconditional_kwargs={"other": unconditional["context_rows"]})
 
 
+def test_source_guidance_scales_the_source_frame_and_the_caption_apart():
+    model = make_model()
+    text, _, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    unconditional = model.unconditional_inputs(kwargs)
+    engine = Engine(model.dalle)
+
+    def sample(**options):
+        config = SamplingConfig(top_k=1, **options)
+        return engine.generate(text, config, prefix=prefix, unconditional_kwargs=unconditional, **kwargs).tokens
+
+    empty = torch.full_like(text, BASE.pad_id)
+    image = torch.zeros(len(text), 0, dtype=torch.long)
+    for _ in range(BASE.image_len):  # uncached greedy two-scale guidance written out
+        conditional = model.dalle.next_image_logits(text, image, prefix, **kwargs)
+        source_only = model.dalle.next_image_logits(empty, image, prefix, **kwargs)
+        plain = model.dalle.next_image_logits(empty, image, prefix)
+        logits = plain + 1.5 * (source_only - plain) + 4.0 * (conditional - source_only)
+        image = torch.cat([image, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(sample(guidance_scale=4.0, source_guidance=1.5)[:, 0], image)
+    assert not torch.equal(image, sample(guidance_scale=4.0)[:, 0])
+    # equal scales are plain guidance
+    torch.testing.assert_close(sample(guidance_scale=3.0, source_guidance=3.0), sample(guidance_scale=3.0))
+    with pytest.raises(ConfigError, match="source_guidance: expected >= 0"):
+        SamplingConfig(source_guidance=-1.0)
+
+
 @pytest.mark.parametrize("copy_source", [False, True])
 def test_engine_greedy_cached_equals_uncached_with_story_inputs(copy_source):
     model = make_model(TINY.replace(copy_source=copy_source))
@@ -160,10 +188,11 @@ def test_engine_greedy_cached_equals_uncached_with_story_inputs(copy_source):
     story = model.story_tokens(sentences)[0]
     prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
     kwargs["unconditional_kwargs"] = model.unconditional_inputs(kwargs)
-    config = SamplingConfig(top_k=1, candidates=2, guidance_scale=2.0)
-    cached = Engine(model.dalle).generate(text, config, prefix=prefix, **kwargs).tokens
-    uncached = Engine(model.dalle, use_cache=False).generate(text, config, prefix=prefix, **kwargs).tokens
-    assert torch.equal(cached, uncached)
+    for source_guidance in (0.0, 1.5):
+        config = SamplingConfig(top_k=1, candidates=2, guidance_scale=2.0, source_guidance=source_guidance)
+        cached = Engine(model.dalle).generate(text, config, prefix=prefix, **kwargs).tokens
+        uncached = Engine(model.dalle, use_cache=False).generate(text, config, prefix=prefix, **kwargs).tokens
+        assert torch.equal(cached, uncached)
 
 
 def test_closed_cross_attention_leaves_a_pretrained_dalle_unchanged():

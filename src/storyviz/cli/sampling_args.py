@@ -9,7 +9,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-FLAGS = ("seed", "candidates", "top_k", "top_p", "temperature", "guidance", "guidance_start", "steps")
+FLAGS = (
+    "seed",
+    "candidates",
+    "top_k",
+    "top_p",
+    "temperature",
+    "guidance",
+    "guidance_start",
+    "source_guidance",
+    "steps",
+)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +35,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="token models: the image tokens before this index are sampled without guidance (e.g. 64: the first "
         "4 rows of a 16x16 grid, where a frame's background is decided)",
+    )
+    group.add_argument(
+        "--source-guidance",
+        type=float,
+        help="StoryDALL-E: guide the source frame with this scale and the caption with --guidance, apart (a third "
+        "branch: the caption dropped, the source frame kept; 0: both with --guidance)",
     )
     group.add_argument("--steps", type=int, help="diffusion sampling steps (diffusion models)")
     parser.add_argument(

@@ -37,6 +37,7 @@ class SamplingOptions(Config):
     temperature: float = 1.0
     guidance: float = 1.0  # classifier-free guidance scale; 1 = plain conditional
     guidance_start: int = 0  # token models: image tokens before this one are sampled without guidance
+    source_guidance: float = 0.0  # story token models: the source frame's own guidance scale; 0 = `guidance`
     steps: int = 50  # diffusion sampling steps
 
 

@@ -80,6 +80,7 @@ class DallePipeline(StoryPipeline):
             top_p=options.top_p,
             guidance_scale=options.guidance,
             guidance_start=options.guidance_start,
+            source_guidance=options.source_guidance,
             candidates=options.candidates,
             seed=options.seed,
         )

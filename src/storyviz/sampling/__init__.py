@@ -8,6 +8,7 @@ from storyviz.sampling.filters import (
     top_k_filter,
     top_k_values,
     top_p_filter,
+    two_scale_guidance,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "top_k_filter",
     "top_k_values",
     "top_p_filter",
+    "two_scale_guidance",
 ]

@@ -8,9 +8,12 @@ with the cached step API of storyviz.models.dalle.Dalle:
     next_image_logits(text, image, prefix=None, **block_kwargs) -> the same without a cache (use_cache=False)
 and reads model.config.image_len and model.config.pad_id.
 
-Batch layout: B prompts x C candidates = rows b*C + c; with guidance (scale != 1) a second half of B*C rows
+Batch layout: B prompts x C candidates = rows b*C + c; with guidance (scale != 1) a second block of B*C rows
 holds the unconditional prompt (an empty caption: all-[PAD] text, with `unconditional_prefix` and
-`unconditional_kwargs` where given, else the prompts' own prefix and block keyword arguments).
+`unconditional_kwargs` where given, else the prompts' own prefix and block keyword arguments). With a
+`source_guidance` scale, a block between them holds the empty caption with the prompts' own prefix and keyword
+arguments (the source frame kept), and the two scales guide the source frame and the caption apart
+(`two_scale_guidance`).
 """
 
 from __future__ import annotations
@@ -22,20 +25,23 @@ from dataclasses import dataclass
 import torch
 
 from storyviz.config import Config, ConfigError
-from storyviz.sampling.filters import filtered_distribution, guidance
+from storyviz.sampling.filters import filtered_distribution, guidance, two_scale_guidance
 
 
 @dataclass(frozen=True)
 class SamplingConfig(Config):
     """How to sample. top_k 0 and top_p 1 switch those filters off; top_k 1 is exact greedy decoding.
     guidance_scale 1 is plain conditional sampling; image tokens before `guidance_start` are sampled without
-    guidance (the guidance branch still reads them). seed None draws from torch's global generator."""
+    guidance (the guidance branch still reads them). source_guidance > 0 guides what the unconditional branch
+    drops beyond the caption (a story model's source frame) with its own scale, guidance_scale then scaling the
+    caption alone; 0 scales both with guidance_scale. seed None draws from torch's global generator."""
 
     temperature: float = 1.0
     top_k: int = 256
     top_p: float = 1.0
     guidance_scale: float = 1.0
     guidance_start: int = 0
+    source_guidance: float = 0.0
     candidates: int = 1
     seed: int | None = 0
 
@@ -48,6 +54,8 @@ class SamplingConfig(Config):
             raise ConfigError(f"SamplingConfig.top_p: expected a value in (0, 1], got {self.top_p}")
         if self.guidance_start < 0:
             raise ConfigError(f"SamplingConfig.guidance_start: expected >= 0, got {self.guidance_start}")
+        if self.source_guidance < 0:
+            raise ConfigError(f"SamplingConfig.source_guidance: expected >= 0 (0 = off), got {self.source_guidance}")
         if self.candidates < 1:
             raise ConfigError(f"SamplingConfig.candidates: expected >= 1, got {self.candidates}")
 
@@ -133,7 +141,9 @@ class Engine:
         model = self.model
         batch, candidates = text.shape[0], config.candidates
         rows = batch * candidates
-        guided = config.guidance_scale != 1.0
+        two_scales = config.source_guidance > 0
+        guided = config.guidance_scale != 1.0 or two_scales
+        branches = 1 + guided + two_scales
         if unconditional_prefix is not None and prefix is None:
             raise ValueError("unconditional_prefix given without a prefix")
         unconditional_kwargs = unconditional_kwargs or {}
@@ -150,12 +160,14 @@ class Engine:
             unconditional = prefix
             if unconditional_prefix is not None:
                 unconditional = unconditional_prefix.repeat_interleave(candidates, dim=0)
-            text = torch.cat([text, empty])
-            prefix = None if prefix is None else torch.cat([prefix, unconditional])
+            text = torch.cat([text] + [empty] * (branches - 1))
+            prefix = None if prefix is None else torch.cat([prefix] * (branches - 1) + [unconditional])
             block_kwargs = {
-                key: torch.cat([value, unconditional_kwargs[key].repeat_interleave(candidates, dim=0)])
+                key: torch.cat(
+                    [value] * (branches - 1) + [unconditional_kwargs[key].repeat_interleave(candidates, dim=0)]
+                )
                 if key in unconditional_kwargs
-                else _double(value, rows)
+                else _repeat_rows(value, rows, branches)
                 for key, value in block_kwargs.items()
             }
         generator = None
@@ -168,20 +180,14 @@ class Engine:
             logits = model.prefill(text, cache, prefix=prefix, **block_kwargs)
         for step in range(image_len):
             if not self.use_cache:
-                logits = model.next_image_logits(
-                    text, out[:, :step].repeat(2 if guided else 1, 1), prefix, **block_kwargs
-                )
+                logits = model.next_image_logits(text, out[:, :step].repeat(branches, 1), prefix, **block_kwargs)
             if guided:
-                logits = (
-                    guidance(logits[:rows], logits[rows:], config.guidance_scale)
-                    if step >= config.guidance_start
-                    else logits[:rows]
-                )
+                logits = _guide(logits, rows, config) if step >= config.guidance_start else logits[:rows]
             token = sample_next(logits, config, generator)
             out[:, step] = token
             yield step, out[:, : step + 1].view(batch, candidates, step + 1)
             if self.use_cache and step + 1 < image_len:
-                logits = model.decode(torch.cat([token, token]) if guided else token, cache, **block_kwargs)
+                logits = model.decode(token.repeat(branches), cache, **block_kwargs)
 
 
 def _repeat_prompts(text, prefix, block_kwargs, batch: int, candidates: int):
@@ -199,8 +205,18 @@ def _repeat_prompts(text, prefix, block_kwargs, batch: int, candidates: int):
     return text, prefix, block_kwargs
 
 
-def _double(value, rows: int):
-    """Repeats a per-row tensor for the unconditional half of the batch."""
+def _guide(logits: torch.Tensor, rows: int, config: SamplingConfig) -> torch.Tensor:
+    """The guided logits (rows, V) from the branches' blocks of `rows` rows (the module docstring's layout)."""
+    if config.source_guidance > 0:
+        conditional, source_only, unconditional = logits.split(rows)
+        return two_scale_guidance(
+            conditional, source_only, unconditional, config.guidance_scale, config.source_guidance
+        )
+    return guidance(logits[:rows], logits[rows:], config.guidance_scale)
+
+
+def _repeat_rows(value, rows: int, branches: int):
+    """Repeats a per-row tensor for every branch of the batch."""
     if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows:
-        return torch.cat([value, value])
+        return torch.cat([value] * branches)
     return value

@@ -71,6 +71,14 @@ def guidance(conditional: torch.Tensor, unconditional: torch.Tensor, scale: floa
     return unconditional + scale * (conditional - unconditional)
 
 
+def two_scale_guidance(
+    conditional: torch.Tensor, source_only: torch.Tensor, unconditional: torch.Tensor, scale: float, source_scale: float
+) -> torch.Tensor:
+    """Guidance with separate scales for the source frame and the caption (InstructPix2Pix's):
+    uncond + source_scale * (source_only - uncond) + scale * (cond - source_only). Equal scales give `guidance`."""
+    return unconditional + source_scale * (source_only - unconditional) + scale * (conditional - source_only)
+
+
 def filtered_distribution(
     logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
