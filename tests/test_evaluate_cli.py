@@ -76,6 +76,11 @@ def test_a_story_model_continues_the_split_with_its_sampling_defaults(sprites, c
         4,
     )
     assert len(list((out / "samples").glob("*.png"))) == 8 and "char_f1" in report["generated"]
+    # the bundle's own ceiling: the real frames through its (untrained) image tokenizer, read far below the real row
+    reconstructed = report["reconstructed"]
+    assert set(reconstructed) >= {"char_f1", "appearance_consistency", "judge_agreement"}
+    assert reconstructed["char_f1"] < report["real"]["char_f1"] and reconstructed["judge_agreement"] < 0.5
+    assert "| reconstructed |" in (out / "report.md").read_text()
     out = sprites / "report_storydalle_int8"
     report = run_json(capsys, "--model", str(model), "--data", str(sprites / "data"), "--stories", "2", "--int8",
                       "--out", str(out))  # fmt: skip

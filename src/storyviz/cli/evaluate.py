@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     report = report_dict(evaluation)
     if args.json:
-        print(json.dumps({row: report[row] for row in ("generated", "real", "shuffled")}, indent=2))
+        print(json.dumps({row: values for row, values in report.items() if row not in ("by_frame", "info")}, indent=2))
     else:
         print(f"report written to {args.out}/report.md")
     return 0

@@ -1,18 +1,21 @@
-"""Scoring a samples folder against the real stories: the "generated", "real" and "shuffled" rows.
+"""Scoring a samples folder against the real stories: the "generated", "real" and "shuffled" rows, and for a
+model that draws through an image tokenizer, the "reconstructed" row.
 
 - generated: the judge's predictions on the generated frames against the ground truth of the frames they stand
   for; FID between the generated frames and those real frames.
 - real (the ceiling): the same real frames judged (so judge errors show here). FID is 0 by definition (the
   same frames) and left out.
+- reconstructed (the model's own ceiling, when `reconstruct` is given): the same real frames encoded and decoded
+  by the model's image tokenizer, judged. A token model can draw no better than its tokenizer decodes.
 - shuffled (the floor): for every story, the real frames of another story at the same frame positions, judged
   against this story's truth. The other stories are drawn from the split's stories outside the evaluation when
   there are enough of them (then the row's FID is that of real but unrelated frames: the level a realistic
   generator that ignores the story would reach at this sample size), else they are a random derangement of the
   evaluated stories (then FID is 0 and left out). `info["shuffled_from"]` says which.
 
-judge_agreement (generated and shuffled rows): the share of frames the judge reads as it reads the real frames
-they stand for (who and where); for a tokenizer's reconstructions this is "the same characters and setting as
-the originals".
+judge_agreement (generated, reconstructed and shuffled rows): the share of frames the judge reads as it reads the
+real frames they stand for (who and where); for a tokenizer's reconstructions this is "the same characters and
+setting as the originals".
 
 Every row is computed over the generated positions only; `by_frame` breaks the judge metrics down by frame
 position (frame 2, 3, 4, 5 of a story; 1-based).
@@ -20,6 +23,7 @@ position (frame 2, 3, 4, 5 of a story; 1-based).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from storyviz.evaluation.samples import SamplesError, read_samples
 from storyviz.models.judge import Judge
 from storyviz.progress import progress
 
-ROWS = ("generated", "real", "shuffled")
+ROWS = ("generated", "reconstructed", "real", "shuffled")
 GRID_STORIES = 8  # stories kept for the image grid
 
 
@@ -96,11 +100,14 @@ def evaluate_samples(
     inception: bool = True,
     fid_resolution: int = FID_RESOLUTION,
     seed: int = 0,
+    reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Evaluation:
     """Scores the frames in a samples folder (storyviz.evaluation.samples) against `data.split(split)`.
 
     data: an opened data set (storyviz.data.open_dataset). judge: a loaded judge (load_judge) or None for FID
     only. inception: compute fid_inception (at `fid_resolution` px). seed: the shuffled row's choice of stories.
+    reconstruct: real frames uint8 (N, H, W, 3) -> the model's tokenizer's reconstructions of them (the same
+    shape), for the "reconstructed" row (judge metrics only); None leaves the row out.
     """
     samples = read_samples(samples_dir)
     split = split or samples.split
@@ -150,9 +157,11 @@ def evaluate_samples(
     truth = {head: np.concatenate(value) for head, value in labels.items()}
     positions = np.asarray(positions)
 
-    rows: dict[str, dict[str, float]] = {row: {} for row in ROWS}
-    by_frame: dict[str, dict[int, dict[str, float]]] = {row: {} for row in ROWS}
     row_frames = {"generated": generated_frames, "real": real_frames, "shuffled": shuffled_frames}
+    if reconstruct is not None and judge is not None:
+        row_frames["reconstructed"] = _checked_reconstructions(reconstruct, real_frames)
+    rows: dict[str, dict[str, float]] = {row: {} for row in ROWS if row in row_frames}
+    by_frame: dict[str, dict[int, dict[str, float]]] = {row: {} for row in rows}
     info: dict[str, Any] = {
         "data": data.meta.get("name", ""),
         "split": split,
@@ -169,8 +178,9 @@ def evaluate_samples(
             rows[row].update(judge_metrics(readings[row], truth))
             if len(set(positions.tolist())) > 1:
                 by_frame[row] = by_position(readings[row], truth, positions)
-        for row in ("generated", "shuffled"):
-            rows[row]["judge_agreement"] = judge_agreement(readings[row], readings["real"])
+        for row in rows:
+            if row != "real":
+                rows[row]["judge_agreement"] = judge_agreement(readings[row], readings["real"])
         rows["generated"]["fid_judge"] = _fid(features["generated"], features["real"])
         if shuffled_from == "other stories":
             rows["shuffled"]["fid_judge"] = _fid(features["shuffled"], features["real"])
@@ -192,6 +202,15 @@ def evaluate_samples(
         info=info,
         stories=grid,
     )
+
+
+def _checked_reconstructions(reconstruct, real_frames: np.ndarray) -> np.ndarray:
+    made = np.asarray(reconstruct(real_frames))
+    if made.shape != real_frames.shape or made.dtype != np.uint8:
+        raise ValueError(
+            f"reconstruct returned {made.dtype} {made.shape} for frames uint8 {real_frames.shape}; expected the same"
+        )
+    return made
 
 
 def _stack_resized(frames: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Writing an evaluation: report.json, a readable report.md, and grid.png (real frames above generated ones).
 
 out/
-  report.json   {"generated": {metric: value}, "real": {...}, "shuffled": {...},
+  report.json   {"generated": {metric: value}, ["reconstructed": {...},] "real": {...}, "shuffled": {...},
                  "by_frame": {row: {"2": {...}, ...}}, "info": {...}}   (null = does not apply / undefined)
   report.md     the same as tables, with the reference rows explained
   grid.png      for a few stories: real frames, generated frames under them, captions beside
@@ -23,6 +23,8 @@ from storyviz.files import atomic_file, write_text_atomic
 
 ROW_NOTES = {
     "generated": "the frames under evaluation, against the real frames they stand for",
+    "reconstructed": "the model's own ceiling: the real frames encoded and decoded by its image tokenizer, judged "
+    "(a token model draws no better than its tokenizer decodes)",
     "real": "ceiling: the real frames judged (judge errors show here); FID is 0 by definition and left out",
     "shuffled": "floor: real frames of other stories at the same positions, judged against this story; its FID "
     "(when the other stories lie outside the evaluation) is what realistic frames that ignore the story reach",
@@ -31,7 +33,7 @@ ROW_NOTES = {
 
 def report_dict(evaluation: Evaluation) -> dict[str, Any]:
     """{"generated": {...}, "real": {...}, "shuffled": {...}, "by_frame": {...}, "info": {...}} (JSON-ready)."""
-    out: dict[str, Any] = {row: evaluation.rows.get(row, {}) for row in ROWS}
+    out: dict[str, Any] = {row: evaluation.rows.get(row, {}) for row in _rows(evaluation)}
     out["by_frame"] = {
         row: {str(position): values for position, values in table.items()}
         for row, table in evaluation.by_frame.items()
@@ -39,6 +41,11 @@ def report_dict(evaluation: Evaluation) -> dict[str, Any]:
     }
     out["info"] = evaluation.info
     return out
+
+
+def _rows(evaluation: Evaluation) -> list[str]:
+    """The rows to write: "generated", "real" and "shuffled" always, "reconstructed" when it was computed."""
+    return [row for row in ROWS if row != "reconstructed" or row in evaluation.rows]
 
 
 def _format(value: float | None) -> str:
@@ -64,10 +71,10 @@ def report_markdown(evaluation: Evaluation) -> str:
         "| row | " + " | ".join(_metric_label(name, info) for name in names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for row in ROWS:
+    for row in _rows(evaluation):
         values = evaluation.rows.get(row, {})
         lines.append(f"| {row} | " + " | ".join(_format(values.get(name)) for name in names) + " |")
-    lines += ["", *(f"- **{row}**: {note}" for row, note in ROW_NOTES.items()), ""]
+    lines += ["", *(f"- **{row}**: {ROW_NOTES[row]}" for row in _rows(evaluation)), ""]
     if "fid_inception" in info:
         lines += [f"FID: {info['fid_inception']}. Lower FID is better; every other metric is better higher.", ""]
     for row, table in evaluation.by_frame.items():

@@ -9,6 +9,8 @@ Which frames are generated:
   2..L are generated (`task="continuation"`), or every frame from captions alone (`task="visualization"`);
 - single-image models (DALL-E): every caption of the story (for digits, the one caption);
 - image tokenizers (VQGAN, dVAE, ARLDM's VAE): reconstructions of every frame, so the same judges read them.
+A model folder with an image tokenizer part (DALL-E and StoryDALL-E bundles) also gets the "reconstructed" row:
+the real frames through that tokenizer, the most its frames can score.
 The judge is the bundled `judge-<data set name>` unless one is given.
 """
 
@@ -95,6 +97,25 @@ def generate_samples(
     return write_samples(out, records, data.meta["name"], split, made_with)
 
 
+def bundle_image_tokenizer(model: str | Path | None) -> Path | None:
+    """The image tokenizer folder of a bundle (its "image_tokenizer" part), or None for other models."""
+    directory = resolve_model_dir(model)
+    config = read_weights_config(directory)["config"]
+    part = config.get("parts", {}).get("image_tokenizer") if isinstance(config, dict) else None
+    return None if part is None else directory / part
+
+
+def reconstructions(tokenizer_dir: str | Path, batch: int = 64):
+    """A function: real frames uint8 (N, H, W, 3) -> the tokenizer's reconstructions of them, in batches."""
+    tokenizer = load_model(tokenizer_dir).eval()
+
+    def reconstruct(frames: np.ndarray) -> np.ndarray:
+        parts = [_reconstruct(tokenizer, frames[start : start + batch]) for start in range(0, len(frames), batch)]
+        return np.concatenate(parts)
+
+    return reconstruct
+
+
 def _captions(story: dict[str, Any], version: str) -> list[str]:
     return story["captions_pronoun"] if version == "pronoun" and story["captions_pronoun"] else story["captions"]
 
@@ -134,12 +155,17 @@ def evaluate_folder(
     inception: bool = True,
     seed: int = 0,
     judge_min_accuracy: float = MIN_ACCURACY,
+    image_tokenizer: str | Path | None = None,
 ) -> Evaluation:
-    """Scores a samples folder and writes the report into `out`."""
+    """Scores a samples folder and writes the report into `out`; with `image_tokenizer` (a tokenizer folder), also
+    the "reconstructed" row."""
     data = open_dataset(data_path)
     judge = judge or f"judge-{data.meta['name']}"
     loaded = load_judge(judge, min_accuracy=judge_min_accuracy)
-    evaluation = evaluate_samples(samples, data, split, judge=loaded, inception=inception, seed=seed)
+    reconstruct = None if image_tokenizer is None else reconstructions(image_tokenizer)
+    evaluation = evaluate_samples(
+        samples, data, split, judge=loaded, inception=inception, seed=seed, reconstruct=reconstruct
+    )
     evaluation.info["judge_source"] = str(judge)
     evaluation.info["judge_min_accuracy"] = judge_min_accuracy
     write_report(evaluation, out)
@@ -172,4 +198,6 @@ def evaluate_model(
     samples = generate_samples(
         model, data_path, split, out / "samples", indices, sampling, captions, task, int8=int8, scorer=scorer
     )
-    return evaluate_folder(samples, data_path, split, out, judge, inception, seed, judge_min_accuracy)
+    return evaluate_folder(
+        samples, data_path, split, out, judge, inception, seed, judge_min_accuracy, bundle_image_tokenizer(model)
+    )
