@@ -39,6 +39,15 @@ def inputs(batch=3, config=TINY, seed=1):
     return text, image, source, sentences
 
 
+def sampling_inputs(model):
+    """What the engine takes for `inputs()`' stories: text, prefix, block keyword arguments and the guidance
+    branch's replacements (`unconditional_inputs`)."""
+    text, _, source, sentences = inputs()
+    story = model.story_tokens(sentences)[0]
+    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
+    return text, prefix, kwargs, model.unconditional_inputs(kwargs)
+
+
 def test_cross_attention_sits_in_every_third_block_and_is_registered():
     model = make_model()
     assert TINY.cross_layers == [2]
@@ -135,10 +144,7 @@ def test_cached_steps_with_cross_attention_and_prefix_equal_full_forward(prompt_
 
 def test_guidance_branch_has_neither_caption_nor_source_frame():
     model = make_model()
-    text, _, source, sentences = inputs()
-    story = model.story_tokens(sentences)[0]
-    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
-    unconditional = model.unconditional_inputs(kwargs)
+    text, prefix, kwargs, unconditional = sampling_inputs(model)
     sampling = SamplingConfig(top_k=1, guidance_scale=3.0)
     engine = Engine(model.dalle)
     tokens = engine.generate(text, sampling, prefix=prefix, unconditional_kwargs=unconditional, **kwargs).tokens
@@ -155,10 +161,7 @@ def test_guidance_branch_has_neither_caption_nor_source_frame():
 
 def test_source_guidance_scales_the_source_frame_and_the_caption_apart():
     model = make_model()
-    text, _, source, sentences = inputs()
-    story = model.story_tokens(sentences)[0]
-    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
-    unconditional = model.unconditional_inputs(kwargs)
+    text, prefix, kwargs, unconditional = sampling_inputs(model)
     engine = Engine(model.dalle)
 
     def sample(**options):
@@ -184,10 +187,8 @@ def test_source_guidance_scales_the_source_frame_and_the_caption_apart():
 @pytest.mark.parametrize("copy_source", [False, True])
 def test_engine_greedy_cached_equals_uncached_with_story_inputs(copy_source):
     model = make_model(TINY.replace(copy_source=copy_source))
-    text, _, source, sentences = inputs()
-    story = model.story_tokens(sentences)[0]
-    prefix, kwargs = model.generation_inputs(story, source, text.shape[1], text.shape[0])
-    kwargs["unconditional_kwargs"] = model.unconditional_inputs(kwargs)
+    text, prefix, kwargs, unconditional = sampling_inputs(model)
+    kwargs["unconditional_kwargs"] = unconditional
     for source_guidance in (0.0, 1.5):
         config = SamplingConfig(top_k=1, candidates=2, guidance_scale=2.0, source_guidance=source_guidance)
         cached = Engine(model.dalle).generate(text, config, prefix=prefix, **kwargs).tokens
