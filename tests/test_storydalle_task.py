@@ -18,6 +18,7 @@ from storyviz.training.tasks.storydalle import (
     code_presence,
     corrupt_inputs,
     image_position_weights,
+    onset_weights,
     story_code_loss,
 )
 from storyviz.weights import WeightsError
@@ -212,3 +213,22 @@ def test_change_weights_lift_the_tokens_that_differ_from_the_source():
     assert torch.equal(change_weights(codes, source, has_source, 1.0), torch.ones(3, 4))
     with pytest.raises(ConfigError, match="change_loss_weight: expected > 0, got -1"):
         StoryDalleTask.model_presets["tiny"].replace(change_loss_weight=-1.0)
+
+
+def test_onset_weights_lift_only_the_first_token_of_each_change():
+    source = torch.zeros(2, 9, dtype=torch.long)  # 3 x 3 grids
+    codes = torch.tensor(
+        [
+            [0, 0, 0, 0, 5, 5, 0, 5, 5],  # a 2 x 2 change at the lower right: its upper-left token is the onset
+            [7, 0, 0, 0, 0, 0, 0, 0, 7],  # two one-token changes: in the first row and at the last corner
+        ]
+    )
+    weights = onset_weights(codes, source, torch.tensor([True, True]), 10.0)
+    onsets = weights > weights.min(dim=-1, keepdim=True).values
+    assert onsets[0].nonzero().flatten().tolist() == [4]
+    assert onsets[1].nonzero().flatten().tolist() == [0, 8]
+    torch.testing.assert_close(weights.mean(dim=-1), torch.ones(2))
+    torch.testing.assert_close(weights[0, 4] / weights[0, 0], torch.tensor(10.0))
+    assert torch.equal(onset_weights(codes, source, torch.tensor([False, False]), 10.0), torch.ones(2, 9))
+    with pytest.raises(ConfigError, match="onset_loss_weight: expected > 0, got 0"):
+        StoryDalleTask.model_presets["tiny"].replace(onset_loss_weight=0.0)

@@ -19,7 +19,10 @@ source frame's background through about one token of its 256 (the image loss is 
 With `change_loss_weight` C, the image tokens of frames 2..L that differ from the source frame's token at the same
 position weigh C times the others of the frame (each frame's weights keep mean 1): they are where a character
 enters, leaves or changes pose, which a model that copies the source frame gets wrong (on sprites it drew 36% of
-the characters entering a story, 84% of those kept). With `input_noise` P, a share P of the image tokens that
+the characters entering a story, 84% of those kept). With `onset_loss_weight` O, only the changed tokens whose
+left and upper neighbours equal the source's (the first token of a change in raster order: where the model decides
+to draw an arriving character or to drop a departed one, or a new pose) weigh O times the others; the copyable
+tokens and the rest of a change keep their weight. With `input_noise` P, a share P of the image tokens that
 frames 2..L are given as inputs (never the targets, nor the source frame) are replaced by random codes: with
 teacher forcing a frame's own earlier tokens give most of the next one away (a character's look, once its first
 tokens are drawn), so a model trained on clean inputs has little reason to read the source frame, and a copy path
@@ -81,6 +84,7 @@ class StoryDalleTaskConfig(Config):
     story_code_loss_weight: float = 0.0  # the auxiliary story-token loss (module docstring); 0 = off
     first_row_loss_weight: float = 1.0  # weight of the first row of image tokens vs the others (module docstring)
     change_loss_weight: float = 1.0  # weight of tokens that differ from the source's at the same place (docstring)
+    onset_loss_weight: float = 1.0  # weight of the first token of each change (module docstring)
     input_noise: float = 0.0  # share of frames 2..L's input image tokens replaced by random codes (docstring)
 
     def __post_init__(self):
@@ -90,6 +94,8 @@ class StoryDalleTaskConfig(Config):
             raise ConfigError(f"story_code_loss_weight: expected >= 0, got {self.story_code_loss_weight}")
         if self.change_loss_weight <= 0:
             raise ConfigError(f"change_loss_weight: expected > 0, got {self.change_loss_weight}")
+        if self.onset_loss_weight <= 0:
+            raise ConfigError(f"onset_loss_weight: expected > 0, got {self.onset_loss_weight}")
         if not 0.0 <= self.input_noise < 1.0:
             raise ConfigError(f"input_noise: expected a share in [0, 1), got {self.input_noise}")
         if self.story_code_loss_weight and not self.model.story_encoder:
@@ -251,6 +257,9 @@ class StoryDalleTask(Task):
         weights = weights * change_weights(
             rows(codes), rows(source), rows(frames) > 0, self.model_config.change_loss_weight
         )
+        weights = weights * onset_weights(
+            rows(codes), rows(source), rows(frames) > 0, self.model_config.onset_loss_weight
+        )
         targets = rows(text)[:, -text_logits.shape[1] :]
         text_loss = F.cross_entropy(
             text_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=model.config.dalle.pad_id
@@ -289,6 +298,19 @@ def change_weights(codes: torch.Tensor, source: torch.Tensor, has_source: torch.
     mean 1, so a frame that changes everywhere (a new setting) weighs as before (module docstring)."""
     changed = (codes != source) & has_source[:, None]
     weights = 1.0 + (weight - 1.0) * changed.float()
+    return weights / weights.mean(dim=-1, keepdim=True)
+
+
+def onset_weights(codes: torch.Tensor, source: torch.Tensor, has_source: torch.Tensor, weight: float) -> torch.Tensor:
+    """codes, source (B, N) on a square grid, has_source (B,) bool -> (B, N) loss weights: in a row with a source
+    frame, a token that differs from the source's while its left and upper neighbours (where the grid has them) equal
+    theirs weighs `weight` times the others; each row's weights have mean 1 (module docstring)."""
+    side = math.isqrt(codes.shape[-1])
+    agrees = (codes == source).view(-1, side, side)
+    left, up = torch.ones_like(agrees), torch.ones_like(agrees)
+    left[:, :, 1:], up[:, 1:] = agrees[:, :, :-1], agrees[:, :-1]
+    onset = (~agrees & left & up).flatten(1) & has_source[:, None]
+    weights = 1.0 + (weight - 1.0) * onset.float()
     return weights / weights.mean(dim=-1, keepdim=True)
 
 
