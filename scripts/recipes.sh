@@ -159,9 +159,9 @@ case "${1:-}" in
         # one story run with the options measured on the shipped chain (benchmarks/RESULTS.md, "Characters entering
         # and leaving, and copying where the neighbours agree"). Run on the project machine to step 3000 (about 1 h):
         # unseen looks four times the shipped model's, but it copies the source frame's cast (RESULTS, "The story
-        # model on the guest-tuned wide tokenizer"), so it is not shipped. The cause measured there: this stage 2,
-        # trained on guest stories only, hardly draws named characters from a caption (char_f1 0.16; on the plain
-        # sprites stories 0.63); stage 2 on data/sprites is the next thing to try
+        # model on the guest-tuned wide tokenizer"), so it is not shipped. The cause measured there: this stage 2
+        # hardly draws named characters from a caption (char_f1 0.16; on the wide tokenizer's codes 0.63), and the
+        # guest-tuned codes may be why (RESULTS)
         train storydalle small "$WORK/data/sprites-guests" "$WORK/runs/storydalle-guests" \
             --set "model.pretrained=$WORK/runs/dalle-sprites-guests/model" --set "model.codes=$WORK/codes/sprites-guests" \
             --set model.model.story_to_image=true --set model.model.copy_gate=true --set model.model.copy_source=true \
