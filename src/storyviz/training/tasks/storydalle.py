@@ -296,9 +296,7 @@ def change_weights(codes: torch.Tensor, source: torch.Tensor, has_source: torch.
     """codes, source (B, N), has_source (B,) bool -> (B, N) loss weights: in a row with a source frame, the tokens
     that differ from the source's at the same position weigh `weight` times the others; every row's weights have
     mean 1, so a frame that changes everywhere (a new setting) weighs as before (module docstring)."""
-    changed = (codes != source) & has_source[:, None]
-    weights = 1.0 + (weight - 1.0) * changed.float()
-    return weights / weights.mean(dim=-1, keepdim=True)
+    return _lifted((codes != source) & has_source[:, None], weight)
 
 
 def onset_weights(codes: torch.Tensor, source: torch.Tensor, has_source: torch.Tensor, weight: float) -> torch.Tensor:
@@ -309,8 +307,12 @@ def onset_weights(codes: torch.Tensor, source: torch.Tensor, has_source: torch.T
     agrees = (codes == source).view(-1, side, side)
     left, up = torch.ones_like(agrees), torch.ones_like(agrees)
     left[:, :, 1:], up[:, 1:] = agrees[:, :, :-1], agrees[:, :-1]
-    onset = (~agrees & left & up).flatten(1) & has_source[:, None]
-    weights = 1.0 + (weight - 1.0) * onset.float()
+    return _lifted((~agrees & left & up).flatten(1) & has_source[:, None], weight)
+
+
+def _lifted(marked: torch.Tensor, weight: float) -> torch.Tensor:
+    """marked (B, N) bool -> (B, N) loss weights: the marked tokens `weight` times the others, each row of mean 1."""
+    weights = 1.0 + (weight - 1.0) * marked.float()
     return weights / weights.mean(dim=-1, keepdim=True)
 
 
