@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from storyviz.convert.bundle import read_bundle_config
 from storyviz.data import open_dataset
 from storyviz.evaluation.evaluate import Evaluation, evaluate_samples
 from storyviz.evaluation.judges import MIN_ACCURACY, load_judge
@@ -100,8 +101,9 @@ def generate_samples(
 def bundle_image_tokenizer(model: str | Path | None) -> Path | None:
     """The image tokenizer folder of a bundle (its "image_tokenizer" part), or None for other models."""
     directory = resolve_model_dir(model)
-    config = read_weights_config(directory)["config"]
-    part = config.get("parts", {}).get("image_tokenizer") if isinstance(config, dict) else None
+    if not read_weights_config(directory)["model_type"].endswith("-bundle"):
+        return None
+    part = read_bundle_config(directory)["config"]["parts"].get("image_tokenizer")
     return None if part is None else directory / part
 
 
