@@ -22,7 +22,9 @@ import torch
 from storyviz.data import open_dataset
 from storyviz.evaluation.judges import judge_frames, load_judge, split_frames
 from storyviz.evaluation.metrics import judge_metrics
+from storyviz.pipelines.storydalle import to_uint8
 from storyviz.registry import load_model
+from storyviz.training.tasks.tokenizers import images_from_uint8
 
 
 def swap_codes(codes: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -37,11 +39,11 @@ def swap_codes(codes: torch.Tensor, rate: float, generator: torch.Generator) -> 
 
 @torch.inference_mode()
 def decoded_frames(tokenizer, frames: np.ndarray, rate: float, seed: int, batch: int = 64) -> np.ndarray:
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
     codes = torch.cat([tokenizer.encode(images[start : start + batch]) for start in range(0, len(images), batch)])
     codes = swap_codes(codes, rate, torch.Generator().manual_seed(seed))
-    decoded = torch.cat([tokenizer.decode(codes[start : start + batch]) for start in range(0, len(codes), batch)])
-    return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    decoded = [tokenizer.decode(codes[start : start + batch]) for start in range(0, len(codes), batch)]
+    return to_uint8(torch.cat(decoded))
 
 
 def main() -> None:
