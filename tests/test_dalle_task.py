@@ -118,6 +118,12 @@ def test_short_run_exports_a_bundle_and_resumes(digits, tmp_path):
                 resume=True)  # fmt: skip
     assert json.loads((out / "config.json").read_text())["training_step"] == 5
 
+    # a new run continues from the bundle (train.init_from takes its transformer): at lr 0 it keeps the weights
+    again = train("dalle", tiny(digits), train_config.replace(steps=1, lr=0.0, sample_every=0, init_from=str(out)),
+                  str(digits / "digits"), tmp_path / "again")  # fmt: skip
+    before, after = DalleBundle.from_pretrained(out).transformer, DalleBundle.from_pretrained(again).transformer
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
 
 def test_codes_of_another_data_set_or_tokenizer_are_refused(digits, tmp_path):
     build("digits", tmp_path / "other", 10, size=16, seed=3)

@@ -219,8 +219,14 @@ class _Run:
         return sorted(key for key in expected.keys() | recorded.keys() if expected.get(key) != recorded.get(key))
 
     def _initialise(self, source: Path) -> None:
-        """Loads the model weights of a model folder or checkpoint (train.init_from) into the new run."""
+        """Loads the model weights of a model folder or checkpoint (train.init_from) into the new run; for a
+        bundle (a trained model with its tokenizers), the part of this run's model type."""
         found = read_weights_config(source)
+        parts = found["config"].get("parts", {}).values() if found["model_type"].endswith("-bundle") else ()
+        for part in (source / part for part in parts if (source / part / WEIGHTS_NAME).is_file()):
+            if read_weights_config(part)["model_type"] == self.model.model_type:
+                source, found = part, read_weights_config(part)
+                break
         changed = self._changed_fields(found["config"])
         if found["model_type"] != self.model.model_type or changed:
             raise ConfigError(

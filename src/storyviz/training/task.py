@@ -45,7 +45,8 @@ class TrainConfig(Config):
     sample_every: int = 0  # 0: no sample images in TensorBoard
     num_workers: int = 0
     # a model folder or checkpoint whose weights start a new run (same model config; the optimiser starts
-    # afresh), e.g. a VQGAN trained with L1/L2 that a run with the discriminator refines; unused on --resume
+    # afresh; of a bundle, the part of the run's model type), e.g. a VQGAN trained with L1/L2 that a run with the
+    # discriminator refines; unused on --resume
     init_from: str = ""
 
 
