@@ -224,8 +224,9 @@ class _Run:
         found = read_weights_config(source)
         parts = found["config"].get("parts", {}).values() if found["model_type"].endswith("-bundle") else ()
         for part in (source / part for part in parts if (source / part / WEIGHTS_NAME).is_file()):
-            if read_weights_config(part)["model_type"] == self.model.model_type:
-                source, found = part, read_weights_config(part)
+            config = read_weights_config(part)
+            if config["model_type"] == self.model.model_type:
+                source, found = part, config
                 break
         changed = self._changed_fields(found["config"])
         if found["model_type"] != self.model.model_type or changed:
