@@ -35,6 +35,10 @@ train() {  # train TASK PRESET DATA RUN [args...]: a new run, or --resume of an 
     fi
 }
 
+needs() {  # needs RUN TARGET: stops unless the run RUN has exported its model (the recipe TARGET trains it)
+    [ -d "$WORK/runs/$1/model" ] || { echo "run 'bash scripts/recipes.sh $2' first" >&2; exit 2; }
+}
+
 steps_done() {  # steps_done RUN: the furthest step RUN reached (its exported model or a checkpoint; 0 for none)
     python - "$1" <<'PY'
 import sys
@@ -101,8 +105,7 @@ case "${1:-}" in
         # of data/sprites, and a tokenizer that saw few other looks draws them worse (benchmarks/RESULTS.md, "The
         # tokenizer's ceiling on unseen characters"). Its codes do not suit a stage 2 (RESULTS, "The story model on
         # the guest-tuned wide tokenizer")
-        [ -d "$WORK/runs/vqgan-sprites-wide/model" ] ||
-            { echo "run 'bash scripts/recipes.sh vqgan-sprites-wide' first" >&2; exit 2; }
+        needs vqgan-sprites-wide vqgan-sprites-wide
         guest_data
         train vqgan small-f4 "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide-guests" --steps 2000 \
             --set model.ch=32 --set model.n_embed=1024 --set train.precision=bf16 \
@@ -110,7 +113,7 @@ case "${1:-}" in
     vqgan-digits-f4) data; train vqgan small-f4 "$WORK/data/digits" "$WORK/runs/vqgan-digits-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)
-        [ -d "$WORK/runs/arldm-vae/model" ] || { echo "run 'bash scripts/recipes.sh arldm-vae' first" >&2; exit 2; }
+        needs arldm-vae arldm-vae
         # 16000 steps: the run on the project machine did the preset's 3000 (far from the targets), was resumed
         # toward 12000 and stopped at 6120, then resumed to 11000, 13000 and 16000 (each new step count restarts the
         # cosine schedule from where the run is); from scratch this is one 16000-step cosine
@@ -136,8 +139,7 @@ case "${1:-}" in
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/dalle-digits/model" digits \
             --sampling top_k=8 --sampling guidance=5 --sampling candidates=4 --scorer "$WORK/runs/scorer-digits/model" ;;
     storydalle)
-        [ -d "$WORK/runs/vqgan-sprites-wide/model" ] ||
-            { echo "run 'bash scripts/recipes.sh vqgan-sprites-wide' first" >&2; exit 2; }
+        needs vqgan-sprites-wide vqgan-sprites-wide
         guest_data
         codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-wide" "$WORK/codes/sprites-wide"
         codes "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide" "$WORK/codes/sprites-guests-wide"
@@ -161,12 +163,12 @@ case "${1:-}" in
         # 16 stories; shipped as a part that `--candidates N` uses, one candidate by default
         train scorer small "$WORK/data/sprites" "$WORK/runs/scorer-sprites"
         # into the package as the default model, with the sampling settings chosen on val for the model before
-        # (benchmarks/RESULTS.md, "The one-run story stage"; not chosen again for this one)
+        # and checked again on val for this one (benchmarks/RESULTS.md, "The story chain on the wide tokenizer")
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-wide-guests/model" sprites \
             --sampling top_k=64 --sampling guidance=3 --sampling guidance_start=64 \
             --scorer "$WORK/runs/scorer-sprites/model" ;;
     storydalle-f4)  # the chain shipped as `sprites` until 2026-12-05, on the first sprites tokenizer
-        [ -d "$WORK/runs/vqgan-sprites-f4-gan/model" ] || { echo "run 'bash scripts/recipes.sh vqgan-sprites' first" >&2; exit 2; }
+        needs vqgan-sprites-f4-gan vqgan-sprites
         codes "$WORK/data/sprites" "$WORK/runs/vqgan-sprites-f4-gan" "$WORK/codes/sprites"
         # 16x16 codes per frame (4x the digits' 8x8): batches of 16 frames keep a step near a second on one core
         train dalle small "$WORK/data/sprites" "$WORK/runs/dalle-sprites" --set "model.codes=$WORK/codes/sprites" \
@@ -180,8 +182,7 @@ case "${1:-}" in
         storydalle small storydalle-no-story --set model.model.story_encoder=false --set model.model.dalle.prefix_len=0
         storydalle small-prompt storydalle-prompt ;;
     storydalle-guests)
-        [ -d "$WORK/runs/vqgan-sprites-wide-guests/model" ] ||
-            { echo "run 'bash scripts/recipes.sh vqgan-sprites-wide-guests' first" >&2; exit 2; }
+        needs vqgan-sprites-wide-guests vqgan-sprites-wide-guests
         guest_data
         codes "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide-guests" "$WORK/codes/sprites-guests"
         train dalle small "$WORK/data/sprites-guests" "$WORK/runs/dalle-sprites-guests" --steps 3000 \

@@ -222,8 +222,10 @@ class _Run:
         """Loads the model weights of a model folder or checkpoint (train.init_from) into the new run; for a
         bundle (a trained model with its tokenizers), the part of this run's model type."""
         found = read_weights_config(source)
-        parts = found["config"].get("parts", {}).values() if found["model_type"].endswith("-bundle") else ()
-        for part in (source / part for part in parts if (source / part / WEIGHTS_NAME).is_file()):
+        for folder in found["config"].get("parts", {}).values():  # a bundle: its folders of weights
+            part = source / folder
+            if not (part / WEIGHTS_NAME).is_file():
+                continue  # a text tokenizer
             config = read_weights_config(part)
             if config["model_type"] == self.model.model_type:
                 source, found = part, config
