@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from storyviz.cli.main import main
+from storyviz.config import ConfigError
 from storyviz.data.store import open_dataset
 from storyviz.models.scorer import PRESETS, Scorer
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
@@ -16,7 +17,7 @@ from storyviz.pipelines.rerank import Reranker, best_candidates
 from storyviz.registry import load_model
 from storyviz.text import TextTokenizer
 from storyviz.training.loop import train
-from storyviz.training.tasks.scorer import ScorerTask, contrastive_loss, soften
+from storyviz.training.tasks.scorer import ScorerTask, contrastive_loss, proper_nouns, soften, swap_names
 from tiny_models import tiny_storydalle
 
 
@@ -50,6 +51,34 @@ def test_contrastive_loss_prefers_matching_pairs_and_blur_keeps_flat_images():
     assert similarity.shape == (4, 4) and loss > 0
     flat = torch.full((2, 3, 16, 16), 0.3)
     torch.testing.assert_close(soften(flat, 1.0), flat)
+
+
+def test_name_negatives_swap_one_name_for_one_the_caption_lacks():
+    assert proper_nouns(["Pip waves, Mimi sits and Kiki stands.", "One day, Bo runs. Then Rex sits!"]) == [
+        "bo", "kiki", "mimi", "rex"
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    names = torch.tensor([10, 11, 12, 13, 14, 15])
+    ids = torch.tensor([[2, 10, 3, 11, 0], [2, 3, 4, 0, 0], [12, 5, 13, 14, 15]])
+    swapped, valid = swap_names(ids, names)
+    assert valid[0] and not valid[1]  # row 1 has no name to swap
+    for row in torch.nonzero(valid)[:, 0]:
+        changed = torch.nonzero(swapped[row] != ids[row])[:, 0]
+        assert len(changed) == 1 and int(ids[row, changed[0]]) in names.tolist()
+        assert (
+            int(swapped[row, changed[0]]) in names.tolist() and int(swapped[row, changed[0]]) not in ids[row].tolist()
+        )
+
+
+def test_a_wrong_caption_adds_to_the_loss_only_where_valid():
+    model = tiny_scorer()
+    ids, images = torch.randint(2, 64, (3, 12)), torch.rand(3, 3, 16, 16) * 2 - 1
+    plain, _ = contrastive_loss(model, ids, images)
+    wrong = torch.randint(2, 64, (3, 12))
+    none_valid, _ = contrastive_loss(model, ids, images, (wrong, torch.zeros(3, dtype=torch.bool)))
+    some_valid, _ = contrastive_loss(model, ids, images, (wrong, torch.tensor([True, False, True])))
+    torch.testing.assert_close(none_valid, plain)
+    assert some_valid > plain
 
 
 def test_word_tokenizer_is_the_same_for_the_same_captions(tmp_path):
@@ -93,6 +122,15 @@ def test_training_writes_a_scorer_bundle_that_knows_its_data(trained):
     assert scores.shape == (2, 3) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="candidate images"):
         reranker(story["captions"][:1], images)
+
+
+def test_training_with_name_negatives(trained, tmp_path):
+    root = trained[0]
+    config = ScorerTask.model_presets["tiny"].replace(name_negatives=True)
+    config = config.replace(model=config.model.replace(image_size=32))
+    out = train("scorer", config, ScorerTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
+    assert json.loads((out / "config.json").read_text())["model_type"] == "scorer-bundle"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["name_negatives"] is True
 
 
 def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):
@@ -142,3 +180,5 @@ def test_a_scorer_of_single_frames_is_measured_among_groups_of_frames(tmp_path):
     out = train("scorer", config, train_config, str(tmp_path / "digits"), tmp_path / "run")
     info = json.loads((out / "config.json").read_text())
     assert info["retrieval_group"] == 32 and 0.0 <= info["retrieval"] <= 1.0
+    with pytest.raises(ConfigError, match="name_negatives needs at least 2 names"):  # digits captions name no one
+        ScorerTask(config.replace(name_negatives=True), str(tmp_path / "digits"))

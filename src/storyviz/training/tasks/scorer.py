@@ -6,9 +6,12 @@ One item is one story (its L frames and captions); a batch of S stories gives S*
 loss is CLIP's: symmetric cross-entropy over the S*L x S*L similarities, each caption's own frame the right one.
 The other frames of the same story are among the wrong ones, so the scorer learns what tells the frames of one
 story apart (who is there, what each one does, where they are), which is what re-ranking candidates of one
-caption needs. No label of the data set is read. Each story's captions are plain or pronoun ("both": one drawn
-per story and step). Frames are shifted by up to 2 px, blurred by a random amount (generated frames are softer
-than the originals) and get faint noise.
+caption needs. With `name_negatives`, each frame is also scored against its caption with one name (a word
+capitalised inside a sentence) swapped for another name of the training captions, a wrong caption it must rank
+below its own: the candidates of one caption differ mostly in who is drawn (benchmarks/RESULTS.md, "How much
+re-ranking can gain"). No label of the data set is read. Each story's captions are plain or pronoun ("both": one
+drawn per story and step). Frames are shifted by up to 2 px, blurred by a random amount (generated frames are
+softer than the originals) and get faint noise.
 
 The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
 on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
@@ -18,6 +21,7 @@ frames of its story (`retrieval_group` "story"), or among 32 frames for a data s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +52,8 @@ class ScorerTaskConfig(Config):
     model: ScorerConfig = field(default_factory=lambda: PRESETS["small"])
     captions: Literal["plain", "pronoun", "both"] = "both"
     blur: float = 0.7  # the most a frame is blended with its 3x3 average (a uniform share in [0, blur])
+    # each frame is also scored against its caption with one name swapped for another (a wrong one to reject)
+    name_negatives: bool = False
 
     def __post_init__(self):
         if not 0 <= self.blur <= 1:
@@ -83,12 +89,47 @@ def soften(images: torch.Tensor, most: float) -> torch.Tensor:
     return images + share * (blurred - images)
 
 
-def contrastive_loss(model: Scorer, ids: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B))."""
-    similarity = model.similarity(model.embed_text(ids), model.embed_images(images))
+def contrastive_loss(
+    model: Scorer, ids: torch.Tensor, images: torch.Tensor, negatives: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B)). With `negatives` (ids (B, T) of one more
+    wrong caption per frame, valid (B,) bool), each frame's row of the frame-to-caption cross-entropy also holds
+    its wrong caption where valid."""
+    pictures = model.embed_images(images)
+    similarity = model.similarity(model.embed_text(ids), pictures)
     target = torch.arange(len(ids), device=ids.device)
-    loss = (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.t(), target)) / 2
+    per_frame = similarity.t()
+    if negatives is not None:
+        wrong_ids, valid = negatives
+        wrong = model.scale() * (model.embed_text(wrong_ids) * pictures).sum(-1)
+        per_frame = torch.cat([per_frame, wrong.masked_fill(~valid, float("-inf"))[:, None]], dim=1)
+    loss = (F.cross_entropy(similarity, target) + F.cross_entropy(per_frame, target)) / 2
     return loss, similarity
+
+
+def proper_nouns(captions) -> list[str]:
+    """The words written with a capital letter inside a sentence (in story captions: the names), lowercased."""
+    names = set()
+    for caption in captions:
+        for sentence in re.split(r"[.!?]", caption):
+            words = re.findall(r"[A-Za-z']+", sentence)
+            names.update(word.lower() for word in words[1:] if word[0].isupper())
+    return sorted(names)
+
+
+def swap_names(ids: torch.Tensor, name_ids: torch.Tensor, tries: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids (B, T) -> (the same with one name token, chosen at random, replaced by another name that the caption
+    does not hold; valid (B,) bool: the rows that had a name and got a new one)."""
+    is_name = torch.isin(ids, name_ids)
+    has_name = is_name.any(1)
+    position = torch.multinomial(is_name.float() + (~has_name)[:, None].float(), 1)[:, 0]
+    choice = name_ids[torch.randint(len(name_ids), (len(ids),))]
+    for _ in range(tries):  # draw again where the new name is already in the caption
+        held = (ids == choice[:, None]).any(1)
+        choice = torch.where(held, name_ids[torch.randint(len(name_ids), (len(ids),))], choice)
+    swapped = ids.clone()
+    swapped[torch.arange(len(ids)), position] = choice
+    return swapped, has_name & ~(ids == choice[:, None]).any(1)
 
 
 @torch.no_grad()
@@ -133,9 +174,15 @@ class ScorerTask(Task):
                 raise ConfigError(f"{data}: captions='pronoun', but the data set has no pronoun captions")
             self.versions = ["plain"]
         length = model_config.model.text_len
-        self.tokenizer = TextTokenizer.words(
-            split_captions(train, model_config.captions if len(self.versions) == 2 else self.versions[0]), length=length
-        )
+        captions = split_captions(train, model_config.captions if len(self.versions) == 2 else self.versions[0])
+        self.tokenizer = TextTokenizer.words(captions, length=length)
+        self.name_ids = None
+        if model_config.name_negatives:
+            vocab = self.tokenizer.tokenizer.get_vocab()
+            names = [vocab[name] for name in proper_nouns(captions) if name in vocab]
+            if len(names) < 2:
+                raise ConfigError(f"{data}: name_negatives needs at least 2 names in the captions, found {len(names)}")
+            self.name_ids = torch.tensor(names)
         model = model_config.model.replace(
             text_vocab_size=self.tokenizer.vocab_size,
             pad_id=self.tokenizer.pad_id,
@@ -162,7 +209,8 @@ class ScorerTask(Task):
         images = images_of(frames, model.config.image_size)
         if model.training:
             images = augment(soften(images, self.model_config.blur))
-        loss, similarity = contrastive_loss(model, ids, images)
+        negatives = None if self.name_ids is None or not model.training else swap_names(ids, self.name_ids)
+        loss, similarity = contrastive_loss(model, ids, images, negatives)
         length = frames.shape[1]
         logs = {
             "accuracy": (similarity.argmax(1) == torch.arange(len(ids))).float().mean().item(),

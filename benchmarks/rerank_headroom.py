@@ -1,0 +1,99 @@
+"""How much re-ranking can gain: the scorer's pick among several samples of each frame against the judge's pick.
+
+    python benchmarks/rerank_headroom.py --data DATA --out OUT [--model sprites] [--split val] [--stories 50]
+        [--runs 8] [--scorer DIR] [sampling options of storyviz evaluate, but --seed and --candidates]
+
+Samples the same stories (the evaluation's seeded choice, seed 0) R times with one candidate each and sampling
+seeds 0..R-1, into OUT/run-S (kept and reused: give another OUT for another model, split or settings), so every
+generated frame has R independent samples. Printed, for the first k runs (k = 1, 2, 4, ... up to R): char_f1 and
+frame_acc of the frames kept by
+- "first": run 1's frame (what one candidate gives);
+- "scorer": the frame the re-ranking scorer (--scorer, else the model's "scorer" part) scores highest
+  against its caption, as `--candidates k` keeps;
+- "oracle": the frame whose judged character set is closest to the truth (fewest wrong characters; ties keep
+  the earlier run), the ceiling of any re-ranking of these samples.
+The judge is the evaluation's own (judge-<data set>); it only picks in the oracle row, which no model can use.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from storyviz.cli.sampling_args import add_sampling_arguments, sampling_changes
+from storyviz.convert.bundle import read_bundle_config
+from storyviz.data.store import open_dataset
+from storyviz.evaluation.judges import judge_frames, load_judge
+from storyviz.evaluation.metrics import char_f1, frame_acc
+from storyviz.evaluation.run import generate_samples, pick_stories
+from storyviz.evaluation.samples import SAMPLES_FILE, read_samples
+from storyviz.pipelines.rerank import SCORER_BUNDLE, Reranker
+from storyviz.registry import resolve_model_dir
+from storyviz.weights import read_weights_config
+
+
+def load_scorer(name: str) -> Reranker:
+    """A scorer bundle, or the "scorer" part of a model bundle."""
+    directory = resolve_model_dir(name)
+    if read_weights_config(directory)["model_type"] != SCORER_BUNDLE:
+        directory = directory / read_bundle_config(directory)["config"]["parts"]["scorer"]
+    return Reranker.from_pretrained(directory)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True, help="folder for the runs' samples (reused when present)")
+    parser.add_argument("--model", default=None, help="default: the bundled default model")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--stories", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--judge", default=None, help="default: judge-<data set name>")
+    add_sampling_arguments(parser)
+    args = parser.parse_args()
+    data = open_dataset(args.data)
+    stories = data.split(args.split)
+    indices = pick_stories(len(stories), args.stories, seed=0)
+    runs = []
+    for seed in range(args.runs):
+        folder = Path(args.out) / f"run-{seed}"
+        if not (folder / SAMPLES_FILE).is_file():
+            changes = {**sampling_changes(args), "seed": seed, "candidates": 1}
+            generate_samples(args.model, args.data, args.split, folder, indices, changes)
+        runs.append(read_samples(folder))
+    keys = [(story.story_index, index) for story, index, _ in runs[0].generated_frames()]
+    truth = np.stack([np.asarray(stories[story]["labels"]["characters"])[index] for story, index in keys])
+    captions = [story.captions[index] for story, index, _ in runs[0].generated_frames()]
+    frames = np.stack([np.stack([frame for _, _, frame in run.generated_frames()]) for run in runs], 1)  # (F, R, ...)
+    judge = load_judge(args.judge or f"judge-{data.meta['name']}")
+    flat = frames.reshape(-1, *frames.shape[2:])
+    judged = judge_frames(judge, flat)[0]["characters"].reshape(len(keys), len(runs), -1)
+    images = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+    scorer = load_scorer(args.scorer or args.model or "sprites")
+    scores = torch.cat([scorer(captions[i : i + 64], images[i : i + 64]) for i in range(0, len(keys), 64)])
+    wrong = (judged != truth[:, None]).sum(-1)  # (F, R)
+    rows = np.arange(len(keys))
+    print(f"{len(keys)} frames, {len(runs)} runs; char_f1 / frame_acc of the kept frames")
+    count = 1
+    while True:
+        k = min(count, len(runs))
+        picks = {
+            "first": np.zeros(len(keys), dtype=int),
+            "scorer": scores[:, :k].argmax(1).numpy(),
+            "oracle": wrong[:, :k].argmin(1),
+        }
+        line = "  ".join(
+            f"{name} {char_f1(judged[rows, pick], truth):.3f} / {frame_acc(judged[rows, pick], truth):.3f}"
+            for name, pick in picks.items()
+        )
+        print(f"k={k:3d}  {line}")
+        if k == len(runs):
+            break
+        count *= 2
+
+
+if __name__ == "__main__":
+    main()
