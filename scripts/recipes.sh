@@ -163,7 +163,7 @@ case "${1:-}" in
         # 16 stories, each frame also against its caption with one name swapped (25 min on two threads); shipped as
         # a part that `--candidates N` uses, one candidate by default (benchmarks/RESULTS.md, "How much re-ranking
         # can gain")
-        train scorer small "$WORK/data/sprites" "$WORK/runs/scorer-sprites" --set model.name_negatives=true
+        train scorer small "$WORK/data/sprites" "$WORK/runs/scorer-sprites" --set model.name_negatives=1
         # into the package as the default model, with the sampling settings chosen on val for the model before
         # and checked again on val for this one (benchmarks/RESULTS.md, "The story chain on the wide tokenizer")
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-wide-guests/model" sprites \

@@ -75,10 +75,11 @@ def test_a_wrong_caption_adds_to_the_loss_only_where_valid():
     ids, images = torch.randint(2, 64, (3, 12)), torch.rand(3, 3, 16, 16) * 2 - 1
     plain, _ = contrastive_loss(model, ids, images)
     wrong = torch.randint(2, 64, (3, 12))
-    none_valid, _ = contrastive_loss(model, ids, images, (wrong, torch.zeros(3, dtype=torch.bool)))
-    some_valid, _ = contrastive_loss(model, ids, images, (wrong, torch.tensor([True, False, True])))
+    none_valid, _ = contrastive_loss(model, ids, images, [(wrong, torch.zeros(3, dtype=torch.bool))])
+    some_valid, _ = contrastive_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))])
+    two, _ = contrastive_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))] * 2)
     torch.testing.assert_close(none_valid, plain)
-    assert some_valid > plain
+    assert two > some_valid > plain
 
 
 def test_word_tokenizer_is_the_same_for_the_same_captions(tmp_path):
@@ -126,11 +127,11 @@ def test_training_writes_a_scorer_bundle_that_knows_its_data(trained):
 
 def test_training_with_name_negatives(trained, tmp_path):
     root = trained[0]
-    config = ScorerTask.model_presets["tiny"].replace(name_negatives=True)
+    config = ScorerTask.model_presets["tiny"].replace(name_negatives=2)
     config = config.replace(model=config.model.replace(image_size=32))
     out = train("scorer", config, ScorerTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
     assert json.loads((out / "config.json").read_text())["model_type"] == "scorer-bundle"
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["name_negatives"] is True
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["name_negatives"] == 2
 
 
 def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):
@@ -181,4 +182,4 @@ def test_a_scorer_of_single_frames_is_measured_among_groups_of_frames(tmp_path):
     info = json.loads((out / "config.json").read_text())
     assert info["retrieval_group"] == 32 and 0.0 <= info["retrieval"] <= 1.0
     with pytest.raises(ConfigError, match="name_negatives needs at least 2 names"):  # digits captions name no one
-        ScorerTask(config.replace(name_negatives=True), str(tmp_path / "digits"))
+        ScorerTask(config.replace(name_negatives=1), str(tmp_path / "digits"))

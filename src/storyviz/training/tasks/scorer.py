@@ -6,12 +6,12 @@ One item is one story (its L frames and captions); a batch of S stories gives S*
 loss is CLIP's: symmetric cross-entropy over the S*L x S*L similarities, each caption's own frame the right one.
 The other frames of the same story are among the wrong ones, so the scorer learns what tells the frames of one
 story apart (who is there, what each one does, where they are), which is what re-ranking candidates of one
-caption needs. With `name_negatives`, each frame is also scored against its caption with one name (a word
-capitalised inside a sentence) swapped for another name of the training captions, a wrong caption it must rank
-below its own: the candidates of one caption differ mostly in who is drawn (benchmarks/RESULTS.md, "How much
-re-ranking can gain"). No label of the data set is read. Each story's captions are plain or pronoun ("both": one
-drawn per story and step). Frames are shifted by up to 2 px, blurred by a random amount (generated frames are
-softer than the originals) and get faint noise.
+caption needs. With `name_negatives` N, each frame is also scored against N copies of its caption, each with
+one name (a word capitalised inside a sentence) swapped for another name of the training captions: wrong
+captions it must rank below its own, since the candidates of one caption differ mostly in who is drawn
+(benchmarks/RESULTS.md, "How much re-ranking can gain"). No label of the data set is read. Each story's captions
+are plain or pronoun ("both": one drawn per story and step). Frames are shifted by up to 2 px, blurred by a
+random amount (generated frames are softer than the originals) and get faint noise.
 
 The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
 on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
@@ -52,10 +52,13 @@ class ScorerTaskConfig(Config):
     model: ScorerConfig = field(default_factory=lambda: PRESETS["small"])
     captions: Literal["plain", "pronoun", "both"] = "both"
     blur: float = 0.7  # the most a frame is blended with its 3x3 average (a uniform share in [0, blur])
-    # each frame is also scored against its caption with one name swapped for another (a wrong one to reject)
-    name_negatives: bool = False
+    # each frame is also scored against this many copies of its caption with one name swapped for another (wrong
+    # captions to reject; each copy swaps at random)
+    name_negatives: int = 0
 
     def __post_init__(self):
+        if self.name_negatives < 0:
+            raise ConfigError(f"ScorerTaskConfig.name_negatives: expected a count >= 0, got {self.name_negatives}")
         if not 0 <= self.blur <= 1:
             raise ConfigError(f"ScorerTaskConfig.blur: expected a value in [0, 1], got {self.blur}")
 
@@ -90,17 +93,16 @@ def soften(images: torch.Tensor, most: float) -> torch.Tensor:
 
 
 def contrastive_loss(
-    model: Scorer, ids: torch.Tensor, images: torch.Tensor, negatives: tuple[torch.Tensor, torch.Tensor] | None = None
+    model: Scorer, ids: torch.Tensor, images: torch.Tensor, negatives: list[tuple[torch.Tensor, torch.Tensor]] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B)). With `negatives` (ids (B, T) of one more
-    wrong caption per frame, valid (B,) bool), each frame's row of the frame-to-caption cross-entropy also holds
-    its wrong caption where valid."""
+    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B)). With `negatives` ([(ids (B, T) of one
+    more wrong caption per frame, valid (B,) bool)]), each frame's row of the frame-to-caption cross-entropy also
+    holds its wrong captions where valid."""
     pictures = model.embed_images(images)
     similarity = model.similarity(model.embed_text(ids), pictures)
     target = torch.arange(len(ids), device=ids.device)
     per_frame = similarity.t()
-    if negatives is not None:
-        wrong_ids, valid = negatives
+    for wrong_ids, valid in negatives:
         wrong = model.scale() * (model.embed_text(wrong_ids) * pictures).sum(-1)
         per_frame = torch.cat([per_frame, wrong.masked_fill(~valid, float("-inf"))[:, None]], dim=1)
     loss = (F.cross_entropy(similarity, target) + F.cross_entropy(per_frame, target)) / 2
@@ -209,7 +211,8 @@ class ScorerTask(Task):
         images = images_of(frames, model.config.image_size)
         if model.training:
             images = augment(soften(images, self.model_config.blur))
-        negatives = None if self.name_ids is None or not model.training else swap_names(ids, self.name_ids)
+        count = self.model_config.name_negatives if model.training else 0
+        negatives = [swap_names(ids, self.name_ids) for _ in range(count)]
         loss, similarity = contrastive_loss(model, ids, images, negatives)
         length = frames.shape[1]
         logs = {
