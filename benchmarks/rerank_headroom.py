@@ -24,23 +24,14 @@ import numpy as np
 import torch
 
 from storyviz.cli.sampling_args import add_sampling_arguments, sampling_changes
-from storyviz.convert.bundle import read_bundle_config
 from storyviz.data.store import open_dataset
 from storyviz.evaluation.judges import judge_frames, load_judge
 from storyviz.evaluation.metrics import char_f1, frame_acc
 from storyviz.evaluation.run import generate_samples, pick_stories
 from storyviz.evaluation.samples import SAMPLES_FILE, read_samples
-from storyviz.pipelines.rerank import SCORER_BUNDLE, Reranker
+from storyviz.pipelines.dalle import bundled_scorer
+from storyviz.pipelines.rerank import Reranker
 from storyviz.registry import resolve_model_dir
-from storyviz.weights import read_weights_config
-
-
-def load_scorer(name: str) -> Reranker:
-    """A scorer bundle, or the "scorer" part of a model bundle."""
-    directory = resolve_model_dir(name)
-    if read_weights_config(directory)["model_type"] != SCORER_BUNDLE:
-        directory = directory / read_bundle_config(directory)["config"]["parts"]["scorer"]
-    return Reranker.from_pretrained(directory)
 
 
 def main() -> None:
@@ -64,15 +55,19 @@ def main() -> None:
             changes = {**sampling_changes(args), "seed": seed, "candidates": 1}
             generate_samples(args.model, args.data, args.split, folder, indices, changes)
         runs.append(read_samples(folder))
-    keys = [(story.story_index, index) for story, index, _ in runs[0].generated_frames()]
+    generated = [(story, index) for story in runs[0].stories for index, made in enumerate(story.generated) if made]
+    keys = [(story.story_index, index) for story, index in generated]
     truth = np.stack([np.asarray(stories[story]["labels"]["characters"])[index] for story, index in keys])
-    captions = [story.captions[index] for story, index, _ in runs[0].generated_frames()]
+    captions = [story.captions[index] for story, index in generated]
     frames = np.stack([np.stack([frame for _, _, frame in run.generated_frames()]) for run in runs], 1)  # (F, R, ...)
     judge = load_judge(args.judge or f"judge-{data.meta['name']}")
     flat = frames.reshape(-1, *frames.shape[2:])
     judged = judge_frames(judge, flat)[0]["characters"].reshape(len(keys), len(runs), -1)
     images = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-    scorer = load_scorer(args.scorer or args.model or "sprites")
+    if args.scorer:
+        scorer = Reranker.from_pretrained(resolve_model_dir(args.scorer))
+    elif (scorer := bundled_scorer(resolve_model_dir(args.model))) is None:
+        raise SystemExit(f"{args.model or 'the default model'} has no scorer part: give --scorer")
     scores = torch.cat([scorer(captions[i : i + 64], images[i : i + 64]) for i in range(0, len(keys), 64)])
     wrong = (judged != truth[:, None]).sum(-1)  # (F, R)
     rows = np.arange(len(keys))
