@@ -1,7 +1,8 @@
 """How much re-ranking can gain: the scorer's pick among several samples of each frame against the judge's pick.
 
     python benchmarks/rerank_headroom.py --data DATA --out OUT [--model sprites] [--split val] [--stories 50]
-        [--runs 8] [--scorer DIR] [sampling options of storyviz evaluate, but --seed and --candidates]
+        [--runs 8] [--scorer DIR] [--name-weights W ...] [sampling options of storyviz evaluate, but --seed and
+        --candidates]
 
 Samples the same stories (the evaluation's seeded choice, seed 0) R times with one candidate each and sampling
 seeds 0..R-1, into OUT/run-S (kept and reused: give another OUT for another model, split or settings), so every
@@ -9,10 +10,13 @@ generated frame has R independent samples. Printed, for the first k runs (k = 1,
 frame_acc of the frames kept by
 - "first": run 1's frame (what one candidate gives);
 - "scorer": the frame the re-ranking scorer (--scorer, else the model's "scorer" part) scores highest
-  against its caption, as `--candidates k` keeps;
+  against its caption, as `--candidates k` keeps (with --name-weights, one row per weight of a scorer's cast
+  agreement, storyviz.models.scorer: to choose its `name_weight`);
 - "oracle": the frame whose judged character set is closest to the truth (fewest wrong characters; ties keep
   the earlier run), the ceiling of any re-ranking of these samples.
 The judge is the evaluation's own (judge-<data set>); it only picks in the oracle row, which no model can use.
+With --check-judge J (another judge, e.g. one trained with another seed), each row is also read by J: where
+the oracle's gain over the scorer shrinks under J, it came from the first judge's misreadings.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=50)
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--judge", default=None, help="default: judge-<data set name>")
+    parser.add_argument("--check-judge", default=None, help="a second judge that reads the same picks")
+    parser.add_argument("--name-weights", type=float, nargs="+", default=None, help="cast agreement weights to try")
     add_sampling_arguments(parser)
     args = parser.parse_args()
     data = open_dataset(args.data)
@@ -63,12 +69,23 @@ def main() -> None:
     judge = load_judge(args.judge or f"judge-{data.meta['name']}")
     flat = frames.reshape(-1, *frames.shape[2:])
     judged = judge_frames(judge, flat)[0]["characters"].reshape(len(keys), len(runs), -1)
+    readers = {"": judged}
+    if args.check_judge:
+        second = judge_frames(load_judge(args.check_judge), flat)[0]["characters"]
+        readers[" (check judge)"] = second.reshape(judged.shape)
     images = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     if args.scorer:
         scorer = Reranker.from_pretrained(resolve_model_dir(args.scorer))
     elif (scorer := bundled_scorer(resolve_model_dir(args.model))) is None:
         raise SystemExit(f"{args.model or 'the default model'} has no scorer part: give --scorer")
-    scores = torch.cat([scorer(captions[i : i + 64], images[i : i + 64]) for i in range(0, len(keys), 64)])
+    scores = {}
+    for weight in args.name_weights or [None]:
+        if weight is not None:
+            if not scorer.scorer.config.names:
+                raise SystemExit("--name-weights: the scorer has no cast heads")
+            scorer.scorer.config = scorer.scorer.config.replace(name_weight=weight)
+        name = "scorer" if weight is None else f"scorer w={weight:g}"
+        scores[name] = torch.cat([scorer(captions[i : i + 64], images[i : i + 64]) for i in range(0, len(keys), 64)])
     wrong = (judged != truth[:, None]).sum(-1)  # (F, R)
     rows = np.arange(len(keys))
     print(f"{len(keys)} frames, {len(runs)} runs; char_f1 / frame_acc of the kept frames")
@@ -77,14 +94,15 @@ def main() -> None:
         k = min(count, len(runs))
         picks = {
             "first": np.zeros(len(keys), dtype=int),
-            "scorer": scores[:, :k].argmax(1).numpy(),
+            **{name: scored[:, :k].argmax(1).numpy() for name, scored in scores.items()},
             "oracle": wrong[:, :k].argmin(1),
         }
-        line = "  ".join(
-            f"{name} {char_f1(judged[rows, pick], truth):.3f} / {frame_acc(judged[rows, pick], truth):.3f}"
-            for name, pick in picks.items()
-        )
-        print(f"k={k:3d}  {line}")
+        for reader, read in readers.items():
+            line = "  ".join(
+                f"{name} {char_f1(read[rows, pick], truth):.3f} / {frame_acc(read[rows, pick], truth):.3f}"
+                for name, pick in picks.items()
+            )
+            print(f"k={k:3d}{reader}  {line}")
         if k == len(runs):
             break
         count *= 2

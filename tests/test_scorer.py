@@ -4,6 +4,7 @@ StoryDALL-E pipeline and on the command line."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,19 +12,30 @@ import torch
 from storyviz.cli.main import main
 from storyviz.config import ConfigError
 from storyviz.data.store import open_dataset
-from storyviz.models.scorer import PRESETS, Scorer
+from storyviz.models.scorer import PRESETS, Scorer, cast_agreement
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.rerank import Reranker, best_candidates
 from storyviz.registry import load_model
 from storyviz.text import TextTokenizer
 from storyviz.training.loop import train
-from storyviz.training.tasks.scorer import ScorerTask, contrastive_loss, proper_nouns, soften, swap_names
+from storyviz.training.tasks.scorer import (
+    ScorerTask,
+    cast_losses,
+    contrastive_loss,
+    proper_nouns,
+    soften,
+    swap_names,
+)
 from tiny_models import tiny_storydalle
 
 
-def tiny_scorer() -> Scorer:
+def tiny_scorer(**changes) -> Scorer:
     torch.manual_seed(0)
-    return Scorer(PRESETS["tiny"]).eval()
+    return Scorer(PRESETS["tiny"].replace(**changes)).eval()
+
+
+def clip_loss(model, ids, images, negatives=()):
+    return contrastive_loss(model, model.text_features(ids), model.image_features(images), negatives)
 
 
 def test_scores_are_the_diagonal_of_the_similarities_and_padding_is_not_read():
@@ -47,7 +59,7 @@ def test_contrastive_loss_prefers_matching_pairs_and_blur_keeps_flat_images():
     model = tiny_scorer()
     ids = torch.randint(2, 64, (4, 12))
     images = torch.rand(4, 3, 16, 16) * 2 - 1
-    loss, similarity = contrastive_loss(model, ids, images)
+    loss, similarity = clip_loss(model, ids, images)
     assert similarity.shape == (4, 4) and loss > 0
     flat = torch.full((2, 3, 16, 16), 0.3)
     torch.testing.assert_close(soften(flat, 1.0), flat)
@@ -73,13 +85,53 @@ def test_name_negatives_swap_one_name_for_one_the_caption_lacks():
 def test_a_wrong_caption_adds_to_the_loss_only_where_valid():
     model = tiny_scorer()
     ids, images = torch.randint(2, 64, (3, 12)), torch.rand(3, 3, 16, 16) * 2 - 1
-    plain, _ = contrastive_loss(model, ids, images)
+    plain, _ = clip_loss(model, ids, images)
     wrong = torch.randint(2, 64, (3, 12))
-    none_valid, _ = contrastive_loss(model, ids, images, [(wrong, torch.zeros(3, dtype=torch.bool))])
-    some_valid, _ = contrastive_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))])
-    two, _ = contrastive_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))] * 2)
+    none_valid, _ = clip_loss(model, ids, images, [(wrong, torch.zeros(3, dtype=torch.bool))])
+    some_valid, _ = clip_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))])
+    two, _ = clip_loss(model, ids, images, [(wrong, torch.tensor([True, False, True]))] * 2)
     torch.testing.assert_close(none_valid, plain)
     assert two > some_valid > plain
+
+
+def test_cast_heads_add_their_agreement_to_the_score():
+    ids, images = torch.randint(2, 64, (2, 12)), torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    plain = tiny_scorer()
+    cast = tiny_scorer(names=5, name_weight=2.0)
+    expected = plain.score(ids, images) + 2.0 * cast_agreement(
+        cast.text_names(cast.text_features(ids))[:, None],
+        cast.image_names(cast.image_features(images.flatten(0, 1))).view(2, 3, 5),
+    )
+    torch.testing.assert_close(cast.score(ids, images), expected)  # same seed: the same contrastive part
+    torch.testing.assert_close(cast(ids, images[:, 0]), cast.score(ids, images)[:, 0])
+    # agreement: near 0 where both sides are sure and agree, very negative where they are sure and disagree
+    sure = torch.tensor([[20.0, -20.0]])
+    assert cast_agreement(sure, sure).item() > -1e-3
+    assert cast_agreement(sure, -sure).item() < -10
+    assert abs(cast_agreement(torch.zeros(1, 2), sure).item()) < 1e-6  # a caption that leaves both names open
+    leaning = torch.tensor([[-1.5, 20.0]])  # p = 0.18: counts, but less than a sure name
+    drawn, absent = torch.tensor([[20.0, 20.0]]), torch.tensor([[-20.0, 20.0]])
+    assert cast_agreement(leaning, drawn) < cast_agreement(leaning, absent) < 0
+    assert cast_agreement(leaning, drawn) > cast_agreement(torch.tensor([[-20.0, 20.0]]), drawn)
+
+
+def test_cast_losses_teach_the_image_head_the_names_and_the_text_head_the_image_head():
+    model = tiny_scorer(names=3)
+    ids, images = torch.randint(2, 64, (4, 12)), torch.rand(4, 3, 16, 16) * 2 - 1
+    named = torch.tensor([[1.0, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 0]])
+    words, features = model.text_features(ids), model.image_features(images)
+    image_loss, text_loss = cast_losses(model, words, features, named)
+    image_loss.backward(retain_graph=True)
+    assert model.image_names.weight.grad.abs().sum() > 0 and model.text_names.weight.grad is None
+    model.zero_grad()
+    text_loss.backward()
+    assert model.text_names.weight.grad.abs().sum() > 0 and model.image_names.weight.grad is None  # teacher detached
+    with torch.no_grad():  # both heads unsure (logits 0): the text head's loss is the teacher's entropy, log 2
+        for head in (model.image_names, model.text_names):
+            head.weight.zero_()
+            head.bias.zero_()
+    _, unsure = cast_losses(model, words, features, named)
+    assert abs(unsure.item() - math.log(2)) < 1e-5
 
 
 def test_word_tokenizer_is_the_same_for_the_same_captions(tmp_path):
@@ -132,6 +184,24 @@ def test_training_with_name_negatives(trained, tmp_path):
     out = train("scorer", config, ScorerTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
     assert json.loads((out / "config.json").read_text())["model_type"] == "scorer-bundle"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["model"]["name_negatives"] == 2
+
+
+def test_training_with_cast_heads_keeps_the_names_and_scores_with_them(trained, tmp_path):
+    root = trained[0]
+    config = ScorerTask.model_presets["tiny"].replace(cast_weight=1.0)
+    config = config.replace(model=config.model.replace(image_size=32))
+    out = train("scorer", config, ScorerTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
+    info = json.loads((out / "config.json").read_text())
+    scorer = load_model(out / "scorer")
+    assert scorer.config.names == len(info["names"]) >= 2 and all(name.islower() for name in info["names"])
+    story = open_dataset(root / "data").split("val")[0]
+    images = torch.from_numpy(story["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    reranker = Reranker.from_pretrained(out)
+    scores = reranker(story["captions"][:1], images[None, :3])
+    ids = reranker.tokenizer.encode(story["captions"][:1]).ids
+    torch.testing.assert_close(scores, scorer.score(ids, images[None, :3]))
+    with pytest.raises(ConfigError, match="plain captions"):
+        ScorerTask(ScorerTask.model_presets["tiny"].replace(cast_weight=1.0, captions="pronoun"), str(root / "data"))
 
 
 def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):

@@ -11,6 +11,13 @@ labels that the evaluation judge is trained on.
         -> SiLU] -> average-pooled to grid x grid (positions kept: who stands where is part of a caption's meaning)
         -> Linear -> L2-normalised image embedding (B, E)
     score = min(exp(logit_scale), 100) * cosine(text, image)
+
+With `names` N > 0 the scorer also has a cast head on each side: the image's pooled features -> N logits (is
+name n drawn?), the caption's pooled state -> N logits (should name n be drawn?). `score` adds `name_weight`
+times their agreement (`cast_agreement`: per name, the log probability that both sides agree, weighed by how far
+the caption decides it): who is drawn is what the candidates of one caption differ in most, and a caption says it
+in words the contrastive embedding blurs ("Bo leaves" names Bo, who must not be drawn). The heads' training is
+storyviz.training.tasks.scorer's.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ class ScorerConfig(Config):
     text_layers: int = 2
     text_heads: int = 4
     embed_dim: int = 256
+    names: int = 0  # cast heads over this many names (0: none)
+    # the weight of the cast agreement in scores; chosen on sprites `val` (benchmarks/RESULTS.md, "Cast heads")
+    name_weight: float = 8.0
 
     def __post_init__(self):
         if self.image_size % 2 ** len(self.widths):
@@ -48,6 +58,10 @@ class ScorerConfig(Config):
             )
         if self.text_width % self.text_heads:
             raise ConfigError(f"ScorerConfig.text_width {self.text_width} is not divisible by {self.text_heads} heads")
+        if self.names < 0 or self.name_weight < 0:
+            raise ConfigError(
+                f"ScorerConfig: expected names >= 0 and name_weight >= 0, got {self.names} and {self.name_weight}"
+            )
 
 
 PRESETS = {
@@ -88,18 +102,28 @@ class Scorer(nn.Module, Pretrained):
         self.text_norm = nn.LayerNorm(config.text_width)
         self.text_proj = nn.Linear(config.text_width, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        if config.names:
+            self.image_names = nn.Linear(channels * config.grid**2, config.names)
+            self.text_names = nn.Linear(config.text_width, config.names)
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, E)."""
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [-1, 1] -> pooled features (B, C * grid^2)."""
         size = self.config.image_size
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(f"scorer expects images (B, 3, {size}, {size}) in [-1, 1], got {tuple(images.shape)}")
-        features = self.image_pool(self.image_trunk(images)).flatten(1)
-        return F.normalize(self.image_proj(features), dim=-1)
+        return self.image_pool(self.image_trunk(images)).flatten(1)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, E)."""
+        return F.normalize(self.image_proj(self.image_features(images)), dim=-1)
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64, padded with pad_id -> unit vectors (B, E). An all-[PAD] caption reads its first
-        position (so the softmax over keys is never empty)."""
+        """ids (B, T) int64, padded with pad_id -> unit vectors (B, E)."""
+        return F.normalize(self.text_proj(self.text_features(ids)), dim=-1)
+
+    def text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) int64, padded with pad_id -> the normalised mean state of the caption's tokens (B, W). An
+        all-[PAD] caption reads its first position (so the softmax over keys is never empty)."""
         length = self.config.text_len
         if ids.ndim != 2 or ids.shape[1] != length:
             raise ValueError(f"scorer expects caption ids (B, {length}), got {tuple(ids.shape)}")
@@ -110,8 +134,7 @@ class Scorer(nn.Module, Pretrained):
         for block in self.text_blocks:
             x = block(x, mask=mask)
         weights = valid.to(x.dtype)[..., None]
-        pooled = (x * weights).sum(1) / weights.sum(1)
-        return F.normalize(self.text_proj(self.text_norm(pooled)), dim=-1)
+        return self.text_norm((x * weights).sum(1) / weights.sum(1))
 
     def similarity(self, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Unit text (B, E) and image (M, E) embeddings -> scaled cosine similarities (B, M)."""
@@ -119,8 +142,33 @@ class Scorer(nn.Module, Pretrained):
 
     def forward(self, ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """ids (B, T), images (B, 3, S, S) -> scores (B,) of row i's caption with row i's frame."""
-        return self.scale() * (self.embed_text(ids) * self.embed_images(images)).sum(-1)
+        return self.score(ids, images[:, None])[:, 0]
+
+    def score(self, ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """ids (B, T), candidates (B, C, 3, S, S) -> scores (B, C) of each caption with its C candidate frames:
+        the scaled cosine similarity, plus name_weight times the cast agreement when the scorer has cast heads."""
+        batch, count = candidates.shape[:2]
+        features = self.image_features(candidates.flatten(0, 1))
+        pictures = F.normalize(self.image_proj(features), dim=-1).view(batch, count, -1)
+        words = self.text_features(ids)
+        text = F.normalize(self.text_proj(words), dim=-1)
+        scores = self.scale() * (pictures @ text[:, :, None])[..., 0]
+        if self.config.names:
+            drawn = self.image_names(features).view(batch, count, -1)
+            scores = scores + self.config.name_weight * cast_agreement(self.text_names(words)[:, None], drawn)
+        return scores
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), at most 100 (as CLIP clamps it)."""
         return self.logit_scale.exp().clamp(max=100.0)
+
+
+def cast_agreement(text_logits: torch.Tensor, image_logits: torch.Tensor) -> torch.Tensor:
+    """Cast logits of captions (..., N) and of frames (..., N) -> sum_n c_n log(p q + (1 - p)(1 - q)) (...): the log
+    probability that caption and frame agree on each name (each side's names independent), counted as far as the
+    caption decides the name: c = 1 - H(p) / log 2, 1 for a sure p and 0 at p = 0.5, so a name the caption leaves
+    open ("she" after two women) weighs little against any frame."""
+    p, q = torch.sigmoid(text_logits.float()), torch.sigmoid(image_logits.float())
+    entropy = F.binary_cross_entropy(p, p, reduction="none")
+    decided = (1 - entropy / math.log(2)).clamp_min(0)
+    return (decided * torch.log((p * q + (1 - p) * (1 - q)).clamp_min(1e-6))).sum(-1)

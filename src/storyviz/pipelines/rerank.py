@@ -61,9 +61,8 @@ class Reranker:
         flat = images.flatten(0, 1).float().to(self.device)
         if flat.shape[-1] != size or flat.shape[-2] != size:
             flat = F.interpolate(flat, size=(size, size), mode="area")
-        pictures = self.scorer.embed_images(flat).view(batch, candidates, -1)
-        text = self.scorer.embed_text(self.tokenizer.encode(captions).ids.to(self.device))
-        return self.scorer.scale() * (pictures @ text[:, :, None])[..., 0]
+        ids = self.tokenizer.encode(captions).ids.to(self.device)
+        return self.scorer.score(ids, flat.view(batch, candidates, *flat.shape[1:]))
 
 
 def best_candidates(scores: torch.Tensor) -> torch.Tensor:

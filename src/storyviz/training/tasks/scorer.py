@@ -9,14 +9,18 @@ story apart (who is there, what each one does, where they are), which is what re
 caption needs. With `name_negatives` N, each frame is also scored against N copies of its caption, each with
 one name (a word capitalised inside a sentence) swapped for another name of the training captions: wrong
 captions it must rank below its own, since the candidates of one caption differ mostly in who is drawn
-(benchmarks/RESULTS.md, "How much re-ranking can gain"). No label of the data set is read. Each story's captions
+(benchmarks/RESULTS.md, "How much re-ranking can gain"). With `cast_weight` W > 0 the scorer also gets its cast
+heads (storyviz.models.scorer, `names`): the image head learns which names a frame's plain caption holds, the
+text head what the image head sees in the caption's own frame (`cast_losses`), both added to the loss with
+weight W; the names are kept in the bundle's config.json. No label of the data set is read. Each story's captions
 are plain or pronoun ("both": one drawn per story and step). Frames are shifted by up to 2 px, blurred by a
 random amount (generated frames are softer than the originals) and get faint noise.
 
 The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
 on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
-records `retrieval`: on the held-out split, the share of captions whose own frame scores highest among the
-frames of its story (`retrieval_group` "story"), or among 32 frames for a data set of single frames.
+records `retrieval`: on the held-out split, the share of captions whose own frame has the highest contrastive
+similarity (the cast heads not counted) among the frames of its story (`retrieval_group` "story"), or among 32
+frames for a data set of single frames.
 """
 
 from __future__ import annotations
@@ -55,10 +59,15 @@ class ScorerTaskConfig(Config):
     # each frame is also scored against this many copies of its caption with one name swapped for another (wrong
     # captions to reject; each copy swaps at random)
     name_negatives: int = 0
+    # cast heads (storyviz.models.scorer, `names`) over the names of the training captions, trained with this
+    # weight on their two losses (0: no heads)
+    cast_weight: float = 0.0
 
     def __post_init__(self):
         if self.name_negatives < 0:
             raise ConfigError(f"ScorerTaskConfig.name_negatives: expected a count >= 0, got {self.name_negatives}")
+        if self.cast_weight < 0:
+            raise ConfigError(f"ScorerTaskConfig.cast_weight: expected a weight >= 0, got {self.cast_weight}")
         if not 0 <= self.blur <= 1:
             raise ConfigError(f"ScorerTaskConfig.blur: expected a value in [0, 1], got {self.blur}")
 
@@ -93,20 +102,37 @@ def soften(images: torch.Tensor, most: float) -> torch.Tensor:
 
 
 def contrastive_loss(
-    model: Scorer, ids: torch.Tensor, images: torch.Tensor, negatives: list[tuple[torch.Tensor, torch.Tensor]] = ()
+    model: Scorer,
+    words: torch.Tensor,
+    features: torch.Tensor,
+    negatives: list[tuple[torch.Tensor, torch.Tensor]] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP's symmetric loss over B pairs -> (loss, similarities (B, B)). With `negatives` ([(ids (B, T) of one
-    more wrong caption per frame, valid (B,) bool)]), each frame's row of the frame-to-caption cross-entropy also
-    holds its wrong captions where valid."""
-    pictures = model.embed_images(images)
-    similarity = model.similarity(model.embed_text(ids), pictures)
-    target = torch.arange(len(ids), device=ids.device)
+    """CLIP's symmetric loss over B pairs, from the captions' `text_features` (B, W) and the frames'
+    `image_features` (B, F) -> (loss, similarities (B, B)). With `negatives` ([(ids (B, T) of one more wrong
+    caption per frame, valid (B,) bool)]), each frame's row of the frame-to-caption cross-entropy also holds its
+    wrong captions where valid."""
+    pictures = F.normalize(model.image_proj(features), dim=-1)
+    similarity = model.similarity(F.normalize(model.text_proj(words), dim=-1), pictures)
+    target = torch.arange(len(words), device=words.device)
     per_frame = similarity.t()
     for wrong_ids, valid in negatives:
         wrong = model.scale() * (model.embed_text(wrong_ids) * pictures).sum(-1)
         per_frame = torch.cat([per_frame, wrong.masked_fill(~valid, float("-inf"))[:, None]], dim=1)
     loss = (F.cross_entropy(similarity, target) + F.cross_entropy(per_frame, target)) / 2
     return loss, similarity
+
+
+def cast_losses(
+    model: Scorer, words: torch.Tensor, features: torch.Tensor, named: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cast heads' losses -> (image, text). The image head learns which names the frame's plain caption
+    holds (`named`, (B, N) 0/1: a caption names everyone in its frame, and rarely one who is not, such as who
+    leaves). The text head learns what the image head sees in the caption's own frame (detached), so it
+    learns who a caption puts in the frame: not "Bo" in "Bo leaves", and whom "she" is likely to be."""
+    drawn = model.image_names(features)
+    image = F.binary_cross_entropy_with_logits(drawn, named)
+    text = F.binary_cross_entropy_with_logits(model.text_names(words), torch.sigmoid(drawn.detach()))
+    return image, text
 
 
 def proper_nouns(captions) -> list[str]:
@@ -178,14 +204,16 @@ class ScorerTask(Task):
         length = model_config.model.text_len
         captions = split_captions(train, model_config.captions if len(self.versions) == 2 else self.versions[0])
         self.tokenizer = TextTokenizer.words(captions, length=length)
-        self.name_ids = None
-        if model_config.name_negatives:
-            vocab = self.tokenizer.tokenizer.get_vocab()
-            names = [vocab[name] for name in proper_nouns(captions) if name in vocab]
-            if len(names) < 2:
-                raise ConfigError(f"{data}: name_negatives needs at least 2 names in the captions, found {len(names)}")
-            self.name_ids = torch.tensor(names)
+        vocab = self.tokenizer.tokenizer.get_vocab()
+        self.names = [name for name in proper_nouns(captions) if name in vocab]
+        self.name_ids = torch.tensor([vocab[name] for name in self.names], dtype=torch.long)
+        wanted = [option for option in ("name_negatives", "cast_weight") if getattr(model_config, option)]
+        if wanted and len(self.names) < 2:
+            raise ConfigError(f"{data}: {wanted[0]} needs at least 2 names in the captions, found {len(self.names)}")
+        if model_config.cast_weight and "plain" not in self.versions:
+            raise ConfigError(f"{data}: cast_weight needs plain captions (captions='plain' or 'both')")
         model = model_config.model.replace(
+            names=len(self.names) if model_config.cast_weight else 0,
             text_vocab_size=self.tokenizer.vocab_size,
             pad_id=self.tokenizer.pad_id,
             image_size=int(self.store.meta["image_size"]),
@@ -213,12 +241,18 @@ class ScorerTask(Task):
             images = augment(soften(images, self.model_config.blur))
         count = self.model_config.name_negatives if model.training else 0
         negatives = [swap_names(ids, self.name_ids) for _ in range(count)]
-        loss, similarity = contrastive_loss(model, ids, images, negatives)
+        words, features = model.text_features(ids), model.image_features(images)
+        loss, similarity = contrastive_loss(model, words, features, negatives)
         length = frames.shape[1]
         logs = {
             "accuracy": (similarity.argmax(1) == torch.arange(len(ids))).float().mean().item(),
             "scale": model.scale().item(),
         }
+        if model.config.names:
+            named = (batch["text_plain"].flatten(0, 1)[:, :, None] == self.name_ids).any(1).float()  # (S*L, N)
+            image_loss, text_loss = cast_losses(model, words, features, named)
+            loss = loss + self.model_config.cast_weight * (image_loss + text_loss)
+            logs |= {"cast_image": image_loss.item(), "cast_text": text_loss.item()}
         if length > 1:
             same_story = similarity.view(-1, length, frames.shape[0], length).diagonal(dim1=0, dim2=2)  # (L, L, S)
             picks = same_story.argmax(dim=1)  # (L, S): the frame of its story each caption picks
@@ -228,7 +262,8 @@ class ScorerTask(Task):
     def export(self, model: nn.Module, directory: Path, extra: dict[str, Any]) -> None:
         """Writes the scorer bundle, then measures it on the held-out split (config.json `retrieval`)."""
         parts = {"scorer": model, "tokenizer": self.tokenizer}
-        write_bundle(directory, SCORER_BUNDLE, parts, extra={**extra, "data": self.store.meta.get("name")})
+        names = {"names": self.names} if self.model_config.model.names else {}
+        write_bundle(directory, SCORER_BUNDLE, parts, extra={**extra, "data": self.store.meta.get("name"), **names})
         if HELDOUT_SPLIT in self.store.splits:
             stories = self.store.split(HELDOUT_SPLIT)
             group = 0 if self.store.meta["frames_per_story"] > 1 else SINGLE_FRAME_GROUP
