@@ -115,11 +115,19 @@ class Scorer(nn.Module, Pretrained):
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, E)."""
-        return F.normalize(self.image_proj(self.image_features(images)), dim=-1)
+        return self.image_embedding(self.image_features(images))
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64, padded with pad_id -> unit vectors (B, E)."""
-        return F.normalize(self.text_proj(self.text_features(ids)), dim=-1)
+        return self.text_embedding(self.text_features(ids))
+
+    def image_embedding(self, features: torch.Tensor) -> torch.Tensor:
+        """`image_features` (B, F) -> unit vectors (B, E)."""
+        return F.normalize(self.image_proj(features), dim=-1)
+
+    def text_embedding(self, words: torch.Tensor) -> torch.Tensor:
+        """`text_features` (B, W) -> unit vectors (B, E)."""
+        return F.normalize(self.text_proj(words), dim=-1)
 
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64, padded with pad_id -> the normalised mean state of the caption's tokens (B, W). An
@@ -149,9 +157,9 @@ class Scorer(nn.Module, Pretrained):
         the scaled cosine similarity, plus name_weight times the cast agreement when the scorer has cast heads."""
         batch, count = candidates.shape[:2]
         features = self.image_features(candidates.flatten(0, 1))
-        pictures = F.normalize(self.image_proj(features), dim=-1).view(batch, count, -1)
+        pictures = self.image_embedding(features).view(batch, count, -1)
         words = self.text_features(ids)
-        text = F.normalize(self.text_proj(words), dim=-1)
+        text = self.text_embedding(words)
         scores = self.scale() * (pictures @ text[:, :, None])[..., 0]
         if self.config.names:
             drawn = self.image_names(features).view(batch, count, -1)

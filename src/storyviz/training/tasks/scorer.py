@@ -111,8 +111,8 @@ def contrastive_loss(
     `image_features` (B, F) -> (loss, similarities (B, B)). With `negatives` ([(ids (B, T) of one more wrong
     caption per frame, valid (B,) bool)]), each frame's row of the frame-to-caption cross-entropy also holds its
     wrong captions where valid."""
-    pictures = F.normalize(model.image_proj(features), dim=-1)
-    similarity = model.similarity(F.normalize(model.text_proj(words), dim=-1), pictures)
+    pictures = model.image_embedding(features)
+    similarity = model.similarity(model.text_embedding(words), pictures)
     target = torch.arange(len(words), device=words.device)
     per_frame = similarity.t()
     for wrong_ids, valid in negatives:
