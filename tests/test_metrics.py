@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from storyviz.evaluation.metrics import (
+    appearance_by_frame,
     appearance_consistency,
     by_position,
     char_f1,
@@ -89,6 +90,7 @@ def test_appearance_consistency_by_hand():
         [(1, 2, 3), EMPTY, EMPTY],  # one of two: 1 / 2
     )
     assert appearance_consistency(pred, truth) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+    np.testing.assert_allclose(appearance_by_frame(pred, truth), [1, 0, 1, 0.5])
     # empty predictions score 0 on frames with characters, 1 on frames without
     nothing = slots(*[[EMPTY, EMPTY, EMPTY]] * 4)
     assert appearance_consistency(nothing, truth) == pytest.approx(1 / 4)

@@ -12,7 +12,7 @@ import torch
 from storyviz.cli.main import main
 from storyviz.config import ConfigError
 from storyviz.data.store import open_dataset
-from storyviz.models.scorer import PRESETS, Scorer, cast_agreement
+from storyviz.models.scorer import PRESETS, Scorer, cast_agreement, story_context
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
 from storyviz.pipelines.rerank import Reranker, best_candidates
 from storyviz.registry import load_model
@@ -134,6 +134,30 @@ def test_cast_losses_teach_the_image_head_the_names_and_the_text_head_the_image_
     assert abs(unsure.item() - math.log(2)) < 1e-5
 
 
+def test_story_context_holds_the_earlier_captions_latest_first():
+    ids = torch.tensor([[[1, 1], [2, 2], [3, 3]]])  # one story of 3 captions of 2 tokens
+    context = story_context(ids, 2, pad_id=0)
+    assert context.shape == (1, 3, 2, 2)
+    assert context[0, :, :, 0].tolist() == [[0, 0], [1, 0], [2, 1]]
+
+
+def test_a_caption_reads_its_context_and_pools_only_its_own_tokens():
+    model = tiny_scorer(context=2)
+    ids = torch.randint(2, 64, (3, 12))
+    empty = torch.zeros(3, 2, 12, dtype=torch.long)
+    torch.testing.assert_close(model.text_features(ids, empty), model.text_features(ids))
+    context = empty.clone()
+    context[:, 0, :5] = torch.randint(2, 64, (3, 5))
+    assert not torch.allclose(model.text_features(ids, context), model.text_features(ids))
+    longer = context.clone()
+    longer[:, 1, :3] = 7  # a second caption back: read as well, at its own place
+    assert not torch.allclose(model.text_features(ids, longer), model.text_features(ids, context))
+    swapped = longer.flip(1)  # the same captions at other places back
+    assert not torch.allclose(model.text_features(ids, longer), model.text_features(ids, swapped))
+    with pytest.raises(ValueError, match=r"context ids \(3, 2, 12\)"):
+        model.text_features(ids, context[:, :1])
+
+
 def test_word_tokenizer_is_the_same_for_the_same_captions(tmp_path):
     captions = ["Bo runs. Mimi sits!", "bo and Zed run", "Mimi waves."]
     first, second = TextTokenizer.words(captions, length=8), TextTokenizer.words(list(reversed(captions)), length=8)
@@ -204,13 +228,34 @@ def test_training_with_cast_heads_keeps_the_names_and_scores_with_them(trained, 
         ScorerTask(ScorerTask.model_presets["tiny"].replace(cast_weight=1.0, captions="pronoun"), str(root / "data"))
 
 
+def test_training_with_context_reads_the_earlier_captions_when_re_ranking(trained, tmp_path):
+    root = trained[0]
+    config = ScorerTask.model_presets["tiny"]
+    config = config.replace(model=config.model.replace(image_size=32, context=2))
+    out = train("scorer", config, ScorerTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
+    reranker = Reranker.from_pretrained(out)
+    assert reranker.scorer.config.context == 2
+    story = open_dataset(root / "data").split("val")[0]
+    images = torch.from_numpy(story["frames"]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    captions, candidates = story["captions"][2:4], torch.stack([images[:3], images[1:4]])
+    earlier = [story["captions"][:2], story["captions"][:3]]
+    ids, tokens = reranker.tokenizer.encode(captions).ids, reranker.tokenizer.encode(story["captions"][:3]).ids
+    context = torch.stack([tokens[[1, 0]], tokens[[2, 1]]])  # the two latest earlier captions, latest first
+    expected = reranker.scorer.score(ids, candidates, context)
+    torch.testing.assert_close(reranker(captions, candidates, earlier=earlier), expected)
+    assert not torch.allclose(reranker(captions, candidates), expected)
+    assert not torch.allclose(reranker(captions, candidates, earlier=[[], []]), expected)
+    with pytest.raises(ValueError, match="1 lists of earlier captions for 2 captions"):
+        reranker(captions, candidates, earlier=earlier[:1])
+
+
 def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):
     _, story_model, scorer_dir = trained
     pipeline = load_pipeline(story_model)
     seen, candidates = [], []
 
-    def darkest(captions, images):
-        seen.append(list(captions))
+    def darkest(captions, images, earlier):
+        seen.append((list(captions), earlier))
         candidates.append(images)
         return -images.mean(dim=(2, 3, 4))
 
@@ -218,7 +263,7 @@ def test_story_pipeline_keeps_the_candidate_its_scorer_prefers(trained):
     captions = ["Bo waves in the town.", "Bo jumps."]
     options = SamplingOptions(seed=1, top_k=8, candidates=4)
     (result,) = pipeline.generate([StoryRequest(captions)], options)
-    assert seen == [captions[:1], captions[1:]]  # frame 1, then the frames that continue it
+    assert seen == [(captions[:1], [[]]), (captions[1:], [captions[:1]])]  # frame 1, then the frames after it
     for frame, images in zip(result.frames, candidates):
         means = images[0].mean(dim=(1, 2, 3))
         assert means.max() > means.min()  # the candidates differ

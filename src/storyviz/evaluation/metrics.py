@@ -138,15 +138,22 @@ def appearance_consistency(pred: dict[str, np.ndarray], true: dict[str, np.ndarr
 
     pred, true: {"left.body": (N,), ..., "right.accessory": (N,)} int class indices.
     """
+    scores = appearance_by_frame(pred, true, slots)
+    known = scores[~np.isnan(scores)]
+    return float(known.mean()) if len(known) else float("nan")
+
+
+def appearance_by_frame(pred: dict[str, np.ndarray], true: dict[str, np.ndarray], slots=SLOTS) -> np.ndarray:
+    """Each frame's appearance score of `appearance_consistency` (N,) float, NaN where the truth is not known."""
     predicted, truth = slot_tuples(pred, slots), slot_tuples(true, slots)
-    scores = []
-    for frame_pred, frame_true in zip(predicted, truth):
+    scores = np.full(len(truth), np.nan)
+    for index, (frame_pred, frame_true) in enumerate(zip(predicted, truth)):
         if frame_true is None:
             continue
         frame_pred = frame_pred or Counter()
         size = max(sum(frame_pred.values()), sum(frame_true.values()))
-        scores.append(1.0 if size == 0 else sum((frame_pred & frame_true).values()) / size)
-    return float(np.mean(scores)) if scores else float("nan")
+        scores[index] = 1.0 if size == 0 else sum((frame_pred & frame_true).values()) / size
+    return scores
 
 
 def has_slot_heads(heads: Sequence[str], slots: Sequence[str] = SLOTS) -> bool:

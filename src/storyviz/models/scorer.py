@@ -18,6 +18,11 @@ times their agreement (`cast_agreement`: per name, the log probability that both
 the caption decides it): who is drawn is what the candidates of one caption differ in most, and a caption says it
 in words the contrastive embedding blurs ("Bo leaves" names Bo, who must not be drawn). The heads' training is
 storyviz.training.tasks.scorer's.
+
+With `context` K > 0 the caption's tokens also attend to the story's K earlier captions (most recent first; each
+padded to text_len, told apart by a learnt embedding per place back): "she" is whoever the story named last, and
+a scorer that reads one caption leaves her open (benchmarks/RESULTS.md, "Pronouns in re-ranking"). Only the
+caption's own tokens are pooled, so a caption without context reads as with `context` 0.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class ScorerConfig(Config):
     names: int = 0  # cast heads over this many names (0: none)
     # the weight of the cast agreement in scores; chosen on sprites `val` (benchmarks/RESULTS.md, "Cast heads")
     name_weight: float = 8.0
+    context: int = 0  # earlier captions of the story that a caption's tokens attend to (0: none)
 
     def __post_init__(self):
         if self.image_size % 2 ** len(self.widths):
@@ -58,9 +64,10 @@ class ScorerConfig(Config):
             )
         if self.text_width % self.text_heads:
             raise ConfigError(f"ScorerConfig.text_width {self.text_width} is not divisible by {self.text_heads} heads")
-        if self.names < 0 or self.name_weight < 0:
+        if self.names < 0 or self.name_weight < 0 or self.context < 0:
             raise ConfigError(
-                f"ScorerConfig: expected names >= 0 and name_weight >= 0, got {self.names} and {self.name_weight}"
+                f"ScorerConfig: expected names, name_weight and context >= 0, got {self.names}, {self.name_weight} "
+                f"and {self.context}"
             )
 
 
@@ -98,6 +105,8 @@ class Scorer(nn.Module, Pretrained):
         self.image_proj = nn.Linear(channels * config.grid**2, config.embed_dim)
         self.tok_emb = nn.Embedding(config.text_vocab_size, config.text_width)
         self.pos_emb = nn.Embedding(config.text_len, config.text_width)
+        if config.context:
+            self.context_emb = nn.Embedding(config.context, config.text_width)  # 1, 2, ... captions back
         self.text_blocks = nn.ModuleList(Block(config.text_width, config.text_heads) for _ in range(config.text_layers))
         self.text_norm = nn.LayerNorm(config.text_width)
         self.text_proj = nn.Linear(config.text_width, config.embed_dim)
@@ -117,9 +126,9 @@ class Scorer(nn.Module, Pretrained):
         """images (B, 3, S, S) in [-1, 1] -> unit vectors (B, E)."""
         return self.image_embedding(self.image_features(images))
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) int64, padded with pad_id -> unit vectors (B, E)."""
-        return self.text_embedding(self.text_features(ids))
+    def embed_text(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) int64, padded with pad_id [, context (B, K, T)] -> unit vectors (B, E)."""
+        return self.text_embedding(self.text_features(ids, context))
 
     def image_embedding(self, features: torch.Tensor) -> torch.Tensor:
         """`image_features` (B, F) -> unit vectors (B, E)."""
@@ -129,19 +138,33 @@ class Scorer(nn.Module, Pretrained):
         """`text_features` (B, W) -> unit vectors (B, E)."""
         return F.normalize(self.text_proj(words), dim=-1)
 
-    def text_features(self, ids: torch.Tensor) -> torch.Tensor:
+    def text_features(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) int64, padded with pad_id -> the normalised mean state of the caption's tokens (B, W). An
-        all-[PAD] caption reads its first position (so the softmax over keys is never empty)."""
+        all-[PAD] caption reads its first position (so the softmax over keys is never empty). `context` (B, K, T):
+        the story's earlier captions, most recent first (all [PAD] where there are fewer; read only with
+        config.context K > 0, and then None is K empty captions)."""
         length = self.config.text_len
         if ids.ndim != 2 or ids.shape[1] != length:
             raise ValueError(f"scorer expects caption ids (B, {length}), got {tuple(ids.shape)}")
         valid = ids != self.config.pad_id
         valid[:, 0] = True
         x = self.tok_emb(ids) + self.pos_emb.weight[None]
+        pooled = valid
+        if self.config.context and context is not None:
+            expected = (len(ids), self.config.context, length)
+            if tuple(context.shape) != expected:
+                raise ValueError(f"scorer expects context ids {expected}, got {tuple(context.shape)}")
+            held = context != self.config.pad_id
+            used = int(held.flatten(0, 1).any(0).nonzero().max()) + 1 if held.any() else 1
+            context, held = context[..., :used], held[..., :used]  # the padding every row has is not computed
+            back = self.tok_emb(context) + self.pos_emb.weight[None, None, :used] + self.context_emb.weight[:, None]
+            x = torch.cat([back.flatten(1, 2), x], dim=1)
+            valid = torch.cat([held.flatten(1), valid], dim=1)
+            pooled = F.pad(pooled, (valid.shape[1] - length, 0))
         mask = valid[:, None, None, :]
         for block in self.text_blocks:
             x = block(x, mask=mask)
-        weights = valid.to(x.dtype)[..., None]
+        weights = pooled.to(x.dtype)[..., None]
         return self.text_norm((x * weights).sum(1) / weights.sum(1))
 
     def similarity(self, text: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -152,13 +175,14 @@ class Scorer(nn.Module, Pretrained):
         """ids (B, T), images (B, 3, S, S) -> scores (B,) of row i's caption with row i's frame."""
         return self.score(ids, images[:, None])[:, 0]
 
-    def score(self, ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """ids (B, T), candidates (B, C, 3, S, S) -> scores (B, C) of each caption with its C candidate frames:
-        the scaled cosine similarity, plus name_weight times the cast agreement when the scorer has cast heads."""
+    def score(self, ids: torch.Tensor, candidates: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T), candidates (B, C, 3, S, S) [, context (B, K, T) as text_features reads it] -> scores (B, C)
+        of each caption with its C candidate frames: the scaled cosine similarity, plus name_weight times the cast
+        agreement when the scorer has cast heads."""
         batch, count = candidates.shape[:2]
         features = self.image_features(candidates.flatten(0, 1))
         pictures = self.image_embedding(features).view(batch, count, -1)
-        words = self.text_features(ids)
+        words = self.text_features(ids, context)
         text = self.text_embedding(words)
         scores = self.scale() * (pictures @ text[:, :, None])[..., 0]
         if self.config.names:
@@ -180,3 +204,12 @@ def cast_agreement(text_logits: torch.Tensor, image_logits: torch.Tensor) -> tor
     entropy = F.binary_cross_entropy(p, p, reduction="none")
     decided = (1 - entropy / math.log(2)).clamp_min(0)
     return (decided * torch.log((p * q + (1 - p) * (1 - q)).clamp_min(1e-6))).sum(-1)
+
+
+def story_context(ids: torch.Tensor, count: int, pad_id: int) -> torch.Tensor:
+    """A story's caption ids (..., L, T) -> each caption's `count` earlier captions, most recent first (..., L,
+    count, T): [..., t, k] is caption t - 1 - k, all pad_id before the story's start."""
+    length = ids.shape[-2]
+    padded = F.pad(ids, (0, 0, count, 0), value=pad_id)  # count empty captions before the first
+    back = [padded[..., count - 1 - k : count - 1 - k + length, :] for k in range(count)]
+    return torch.stack(back, dim=-2)

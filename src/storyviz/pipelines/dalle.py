@@ -185,13 +185,19 @@ def describe_scorer(scorer: FrameScorer) -> str:
 
 
 def rerank(
-    scorer: FrameScorer, captions: list[str], tokens: torch.Tensor, image_tokenizer, grid: tuple[int, int]
+    scorer: FrameScorer,
+    captions: list[str],
+    tokens: torch.Tensor,
+    image_tokenizer,
+    grid: tuple[int, int],
+    earlier: list[list[str]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, C, N) of C candidates for each of B captions -> (the same sorted best first, scores (B, C) sorted
-    alike); every candidate is decoded and scored against its caption."""
+    alike); every candidate is decoded and scored against its caption (and its story's `earlier` captions)."""
     batch, count = tokens.shape[:2]
     images = image_tokenizer.decode(tokens.reshape(-1, *grid)).clamp(-1, 1)
-    scores = torch.as_tensor(scorer(captions, images.view(batch, count, *images.shape[1:])), dtype=torch.float32)
+    scores = scorer(captions, images.view(batch, count, *images.shape[1:]), earlier=earlier)
+    scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.shape != (batch, count):
         raise ValueError(f"the scorer returned scores of shape {tuple(scores.shape)}, expected {(batch, count)}")
     order = best_candidates(scores.cpu()).to(tokens.device)

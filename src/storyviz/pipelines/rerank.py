@@ -1,9 +1,11 @@
 """Re-ranking candidates: several frames are sampled per caption and the one a scorer likes best is kept.
 
-A frame scorer is any callable (captions: B strings, images (B, C, 3, H, W) in [-1, 1]) -> scores (B, C), higher
-is better. `Reranker` is the trained one: a "scorer-bundle" folder (storyviz.models.scorer, written by
-`storyviz train scorer`) with its caption tokenizer. The token pipelines (DALL-E, StoryDALL-E) use the "scorer"
-part of their bundle when it has one, or the folder given to `load_pipeline(..., scorer=DIR)` (`--scorer`).
+A frame scorer is any callable (captions: B strings, images (B, C, 3, H, W) in [-1, 1], earlier: None or, for
+each caption, the captions before it in its story) -> scores (B, C), higher is better; the pipelines pass
+`earlier` by keyword (the DALL-E pipeline, of single frames, passes None). `Reranker` is the trained one: a
+"scorer-bundle" folder (storyviz.models.scorer, written by `storyviz train scorer`) with its caption tokenizer.
+The token pipelines (DALL-E, StoryDALL-E) use the "scorer" part of their bundle when it has one, or the folder
+given to `load_pipeline(..., scorer=DIR)` (`--scorer`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from storyviz.weights import WeightsError
 
 SCORER_BUNDLE = "scorer-bundle"
 
-FrameScorer = Callable[[list[str], torch.Tensor], torch.Tensor]
+FrameScorer = Callable[..., torch.Tensor]  # (captions, images, earlier=None) -> scores
 
 
 class Reranker:
-    """A trained scorer bundle as a frame scorer: (captions (B), images (B, C, 3, H, W)) -> scores (B, C)."""
+    """A trained scorer bundle as a frame scorer: (captions (B), images (B, C, 3, H, W), earlier) -> scores (B, C).
+    A scorer with `context` K reads each caption's K latest `earlier` captions."""
 
     def __init__(self, scorer: torch.nn.Module, tokenizer: TextTokenizer, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -50,7 +53,9 @@ class Reranker:
         return reranker
 
     @torch.inference_mode()
-    def __call__(self, captions: list[str], images: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, captions: list[str], images: torch.Tensor, earlier: list[list[str]] | None = None
+    ) -> torch.Tensor:
         if images.ndim != 5 or images.shape[0] != len(captions):
             raise ValueError(
                 f"re-ranking: expected candidate images (B, C, 3, H, W) for {len(captions)} captions, "
@@ -62,7 +67,24 @@ class Reranker:
         if flat.shape[-1] != size or flat.shape[-2] != size:
             flat = F.interpolate(flat, size=(size, size), mode="area")
         ids = self.tokenizer.encode(captions).ids.to(self.device)
-        return self.scorer.score(ids, flat.view(batch, candidates, *flat.shape[1:]))
+        context = self.context(earlier, len(captions))
+        return self.scorer.score(ids, flat.view(batch, candidates, *flat.shape[1:]), context)
+
+    def context(self, earlier: list[list[str]] | None, count: int) -> torch.Tensor | None:
+        """Each caption's earlier captions -> the ids the scorer reads (B, K, T), the latest first; None when the
+        scorer reads no context (or none is given)."""
+        back = self.scorer.config.context
+        if not back or earlier is None:
+            return None
+        if len(earlier) != count:
+            raise ValueError(f"re-ranking: {len(earlier)} lists of earlier captions for {count} captions")
+        length, pad = self.tokenizer.length, self.tokenizer.pad_id
+        context = torch.full((count, back, length), pad, dtype=torch.long)
+        for row, captions in enumerate(earlier):
+            latest = list(captions)[::-1][:back]
+            if latest:
+                context[row, : len(latest)] = self.tokenizer.encode(latest).ids
+        return context.to(self.device)
 
 
 def best_candidates(scores: torch.Tensor) -> torch.Tensor:

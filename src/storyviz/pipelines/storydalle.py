@@ -9,7 +9,8 @@ The model folder is a "storydalle-bundle" (transformer/ = StoryDalle, tokenizer/
 - Visualization: frame 1 is generated from its caption and story token without a source, then used as the source
   of the other frames.
 With several candidates per frame, a frame scorer (the bundle's "scorer" part, or `use_scorer`) keeps the one
-that shows its caption best (storyviz.pipelines.rerank); without one, the first.
+that shows its caption best, read after the story's earlier captions (storyviz.pipelines.rerank); without one,
+the first.
 Requests are batched: all first frames of visualization requests together, then every other frame together.
 """
 
@@ -188,7 +189,8 @@ class StoryDallePipeline(DallePipeline):
                 progress((phase[0] - 1) * total + step + 1, phase[1] * total)
         if self.scorer is not None and config.candidates > 1:
             captions = [stories[i][frame] for i, frame in rows]
-            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid)
+            earlier = [stories[i][:frame] for i, frame in rows]
+            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier)
         return tokens[:, 0]
 
     def _warn_truncated(self, captions: list[str]) -> list[str]:

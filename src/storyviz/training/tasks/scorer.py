@@ -12,7 +12,9 @@ captions it must rank below its own, since the candidates of one caption differ 
 (benchmarks/RESULTS.md, "How much re-ranking can gain"). With `cast_weight` W > 0 the scorer also gets its cast
 heads (storyviz.models.scorer, `names`): the image head learns which names a frame's plain caption holds, the
 text head what the image head sees in the caption's own frame (`cast_losses`), both added to the loss with
-weight W; the names are kept in the bundle's config.json. No label of the data set is read. Each story's captions
+weight W; the names are kept in the bundle's config.json. With `--set model.model.context=K` each caption
+also reads its story's K earlier captions (of the same version: "she" after "Luna sits."). No label of the data
+set is read. Each story's captions
 are plain or pronoun ("both": one drawn per story and step). Frames are shifted by up to 2 px, blurred by a
 random amount (generated frames are softer than the originals) and get faint noise.
 
@@ -39,7 +41,7 @@ from torch.utils.data import Dataset
 from storyviz.config import Config, ConfigError
 from storyviz.convert.bundle import write_bundle
 from storyviz.data import open_dataset
-from storyviz.models.scorer import PRESETS, Scorer, ScorerConfig
+from storyviz.models.scorer import PRESETS, Scorer, ScorerConfig, story_context
 from storyviz.text import TextTokenizer
 from storyviz.training.task import Task, TrainConfig
 from storyviz.training.tasks.dalle import split_captions
@@ -106,17 +108,18 @@ def contrastive_loss(
     words: torch.Tensor,
     features: torch.Tensor,
     negatives: list[tuple[torch.Tensor, torch.Tensor]] = (),
+    context: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CLIP's symmetric loss over B pairs, from the captions' `text_features` (B, W) and the frames'
     `image_features` (B, F) -> (loss, similarities (B, B)). With `negatives` ([(ids (B, T) of one more wrong
     caption per frame, valid (B,) bool)]), each frame's row of the frame-to-caption cross-entropy also holds its
-    wrong captions where valid."""
+    wrong captions where valid; they read the true captions' `context` (B, K, T), if any."""
     pictures = model.image_embedding(features)
     similarity = model.similarity(model.text_embedding(words), pictures)
     target = torch.arange(len(words), device=words.device)
     per_frame = similarity.t()
     for wrong_ids, valid in negatives:
-        wrong = model.scale() * (model.embed_text(wrong_ids) * pictures).sum(-1)
+        wrong = model.scale() * (model.embed_text(wrong_ids, context) * pictures).sum(-1)
         per_frame = torch.cat([per_frame, wrong.masked_fill(~valid, float("-inf"))[:, None]], dim=1)
     loss = (F.cross_entropy(similarity, target) + F.cross_entropy(per_frame, target)) / 2
     return loss, similarity
@@ -170,7 +173,12 @@ def retrieval(model: Scorer, tokenizer: TextTokenizer, stories, group: int = 0, 
         chunk = [stories[index] for index in range(first, min(first + stories_at_once, len(stories)))]
         frames = torch.from_numpy(np.stack([story["frames"] for story in chunk]))  # (S, L, H, W, 3)
         images.append(model.embed_images(images_of(frames, model.config.image_size)))
-        text.append(model.embed_text(tokenizer.encode([c for story in chunk for c in story["captions"]]).ids))
+        ids = tokenizer.encode([c for story in chunk for c in story["captions"]]).ids
+        context = None
+        if model.config.context:
+            story_ids = ids.view(len(chunk), -1, ids.shape[-1])
+            context = story_context(story_ids, model.config.context, tokenizer.pad_id).flatten(0, 1)
+        text.append(model.embed_text(ids, context))
     images, text = torch.cat(images), torch.cat(text)
     size = min(group or len(stories[0]["captions"]), len(images))
     count = len(images) // size * size
@@ -241,8 +249,12 @@ class ScorerTask(Task):
             images = augment(soften(images, self.model_config.blur))
         count = self.model_config.name_negatives if model.training else 0
         negatives = [swap_names(ids, self.name_ids) for _ in range(count)]
-        words, features = model.text_features(ids), model.image_features(images)
-        loss, similarity = contrastive_loss(model, words, features, negatives)
+        context = None
+        if model.config.context:
+            story_ids = ids.view(frames.shape[0], -1, ids.shape[-1])
+            context = story_context(story_ids, model.config.context, model.config.pad_id).flatten(0, 1)
+        words, features = model.text_features(ids, context), model.image_features(images)
+        loss, similarity = contrastive_loss(model, words, features, negatives, context)
         length = frames.shape[1]
         logs = {
             "accuracy": (similarity.argmax(1) == torch.arange(len(ids))).float().mean().item(),
