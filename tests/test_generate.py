@@ -134,8 +134,8 @@ def test_user_errors_have_clear_messages(bundle, tmp_path, capsys):
 def test_candidates_scorer_and_source_reading(bundle, tmp_path):
     seen = []
 
-    def brightest(captions, images):  # a frame scorer: prefers bright candidates
-        seen.append(list(captions))
+    def brightest(captions, images, earlier):  # a frame scorer: prefers bright candidates
+        seen.append((list(captions), earlier))
         return images.mean(dim=(2, 3, 4))
 
     pipeline = DallePipeline.from_pretrained(bundle, scorer=brightest)
@@ -144,7 +144,7 @@ def test_candidates_scorer_and_source_reading(bundle, tmp_path):
     (result,) = pipeline.generate(
         [StoryRequest(CAPTIONS[:1])], options, progress=lambda done, total: steps.append(done)
     )
-    assert steps == list(range(1, 65)) and seen == [CAPTIONS[:1]]
+    assert steps == list(range(1, 65)) and seen == [(CAPTIONS[:1], [[]])]
     candidates = result.info["candidates"][0]
     grid = pipeline.grid
     brightness = [float(pipeline.image_tokenizer.decode(torch.tensor([c]).view(1, *grid)).mean()) for c in candidates]

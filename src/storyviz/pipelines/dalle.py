@@ -136,7 +136,8 @@ class DallePipeline(StoryPipeline):
         scores = None
         if self.scorer is not None and config.candidates > 1:
             captions = [caption for request in requests for caption in request.captions]
-            tokens, scores = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid)
+            earlier = [request.captions[:index] for request in requests for index in range(len(request.captions))]
+            tokens, scores = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier)
         sampled = time.perf_counter()
         best = tokens[:, 0]
         images = self.image_tokenizer.decode(best.reshape(-1, *self.grid))
@@ -190,7 +191,7 @@ def rerank(
     tokens: torch.Tensor,
     image_tokenizer,
     grid: tuple[int, int],
-    earlier: list[list[str]] | None = None,
+    earlier: list[list[str]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, C, N) of C candidates for each of B captions -> (the same sorted best first, scores (B, C) sorted
     alike); every candidate is decoded and scored against its caption (and its story's `earlier` captions)."""

@@ -1,8 +1,8 @@
 """Re-ranking candidates: several frames are sampled per caption and the one a scorer likes best is kept.
 
-A frame scorer is any callable (captions: B strings, images (B, C, 3, H, W) in [-1, 1], earlier: None or, for
-each caption, the captions before it in its story) -> scores (B, C), higher is better; the pipelines pass
-`earlier` by keyword (the DALL-E pipeline, of single frames, passes None). `Reranker` is the trained one: a
+A frame scorer is any callable (captions: B strings, images (B, C, 3, H, W) in [-1, 1], earlier: for each
+caption, the captions before it in its story) -> scores (B, C), higher is better; the pipelines pass `earlier`
+by keyword. `Reranker` is the trained one: a
 "scorer-bundle" folder (storyviz.models.scorer, written by `storyviz train scorer`) with its caption tokenizer.
 The token pipelines (DALL-E, StoryDALL-E) use the "scorer" part of their bundle when it has one, or the folder
 given to `load_pipeline(..., scorer=DIR)` (`--scorer`).
