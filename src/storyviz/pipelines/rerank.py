@@ -2,10 +2,9 @@
 
 A frame scorer is any callable (captions: B strings, images (B, C, 3, H, W) in [-1, 1], earlier: for each
 caption, the captions before it in its story) -> scores (B, C), higher is better; the pipelines pass `earlier`
-by keyword. `Reranker` is the trained one: a
-"scorer-bundle" folder (storyviz.models.scorer, written by `storyviz train scorer`) with its caption tokenizer.
-The token pipelines (DALL-E, StoryDALL-E) use the "scorer" part of their bundle when it has one, or the folder
-given to `load_pipeline(..., scorer=DIR)` (`--scorer`).
+by keyword. `Reranker` is the trained one: a "scorer-bundle" folder (storyviz.models.scorer, written by `storyviz
+train scorer`) with its caption tokenizer. The token pipelines (DALL-E, StoryDALL-E) use the "scorer" part of
+their bundle when it has one, or the folder given to `load_pipeline(..., scorer=DIR)` (`--scorer`).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from storyviz.weights import WeightsError
 
 SCORER_BUNDLE = "scorer-bundle"
 
-FrameScorer = Callable[..., torch.Tensor]  # (captions, images, earlier=None) -> scores
+FrameScorer = Callable[..., torch.Tensor]  # (captions, images, earlier=...) -> scores
 
 
 class Reranker:

@@ -12,11 +12,10 @@ captions it must rank below its own, since the candidates of one caption differ 
 (benchmarks/RESULTS.md, "How much re-ranking can gain"). With `cast_weight` W > 0 the scorer also gets its cast
 heads (storyviz.models.scorer, `names`): the image head learns which names a frame's plain caption holds, the
 text head what the image head sees in the caption's own frame (`cast_losses`), both added to the loss with
-weight W; the names are kept in the bundle's config.json. With `--set model.model.context=K` each caption
-also reads its story's K earlier captions (of the same version: "she" after "Luna sits."). No label of the data
-set is read. Each story's captions
-are plain or pronoun ("both": one drawn per story and step). Frames are shifted by up to 2 px, blurred by a
-random amount (generated frames are softer than the originals) and get faint noise.
+weight W; the names are kept in the bundle's config.json. With `--set model.model.context=K` each caption also
+reads its story's K earlier captions (of the same version: "she" after "Luna sits."). No label of the data set is
+read. Each story's captions are plain or pronoun ("both": one drawn per story and step). Frames are shifted by up
+to 2 px, blurred by a random amount (generated frames are softer than the originals) and get faint noise.
 
 The caption tokenizer is a word-level vocabulary of the training captions (`TextTokenizer.words`: the same one
 on every resume). The product (`run_dir/model`) is a "scorer-bundle" (scorer/ + tokenizer/), whose config.json
@@ -163,6 +162,15 @@ def swap_names(ids: torch.Tensor, name_ids: torch.Tensor, tries: int = 4) -> tup
     return swapped, has_name & ~(ids == choice[:, None]).any(1)
 
 
+def context_of(model: Scorer, ids: torch.Tensor, stories: int) -> torch.Tensor | None:
+    """The caption ids (S*L, T) of S whole stories, in story order -> what each caption reads before it (S*L, K, T),
+    or None for a scorer without context."""
+    if not model.config.context:
+        return None
+    story_ids = ids.view(stories, -1, ids.shape[-1])
+    return story_context(story_ids, model.config.context, model.config.pad_id).flatten(0, 1)
+
+
 @torch.no_grad()
 def retrieval(model: Scorer, tokenizer: TextTokenizer, stories, group: int = 0, stories_at_once: int = 64) -> float:
     """The share of captions (plain) whose own frame scores highest among a group of frames: the frames of their
@@ -174,11 +182,7 @@ def retrieval(model: Scorer, tokenizer: TextTokenizer, stories, group: int = 0, 
         frames = torch.from_numpy(np.stack([story["frames"] for story in chunk]))  # (S, L, H, W, 3)
         images.append(model.embed_images(images_of(frames, model.config.image_size)))
         ids = tokenizer.encode([c for story in chunk for c in story["captions"]]).ids
-        context = None
-        if model.config.context:
-            story_ids = ids.view(len(chunk), -1, ids.shape[-1])
-            context = story_context(story_ids, model.config.context, tokenizer.pad_id).flatten(0, 1)
-        text.append(model.embed_text(ids, context))
+        text.append(model.embed_text(ids, context_of(model, ids, len(chunk))))
     images, text = torch.cat(images), torch.cat(text)
     size = min(group or len(stories[0]["captions"]), len(images))
     count = len(images) // size * size
@@ -249,10 +253,7 @@ class ScorerTask(Task):
             images = augment(soften(images, self.model_config.blur))
         count = self.model_config.name_negatives if model.training else 0
         negatives = [swap_names(ids, self.name_ids) for _ in range(count)]
-        context = None
-        if model.config.context:
-            story_ids = ids.view(frames.shape[0], -1, ids.shape[-1])
-            context = story_context(story_ids, model.config.context, model.config.pad_id).flatten(0, 1)
+        context = context_of(model, ids, frames.shape[0])
         words, features = model.text_features(ids, context), model.image_features(images)
         loss, similarity = contrastive_loss(model, words, features, negatives, context)
         length = frames.shape[1]
