@@ -160,11 +160,12 @@ case "${1:-}" in
             --set "model.codes=$WORK/codes/sprites-guests-wide" --set train.steps=1500 --set train.lr=1e-4 \
             --set train.precision=bf16
         # the re-ranking scorer (caption-frame, contrastive, on frames: no tokenizer): the preset's 3000 steps of
-        # 16 stories, each frame also against its caption with one name swapped, and cast heads that learn who is
-        # drawn from the captions' names (26 min on two threads); shipped as a part that `--candidates N` uses,
-        # one candidate by default (benchmarks/RESULTS.md, "How much re-ranking can gain", "Cast heads")
+        # 16 stories, each frame also against its caption with one name swapped, cast heads that learn who is
+        # drawn from the captions' names, and each caption read after its story's 4 earlier ones (about 30 min on
+        # two threads); shipped as a part that `--candidates N` uses, one candidate by default
+        # (benchmarks/RESULTS.md, "How much re-ranking can gain", "Cast heads", "Pronouns in re-ranking")
         train scorer small "$WORK/data/sprites" "$WORK/runs/scorer-sprites" --set model.name_negatives=1 \
-            --set model.cast_weight=1
+            --set model.cast_weight=1 --set model.model.context=4
         # into the package as the default model, with the sampling settings chosen on val for the model before
         # and checked again on val for this one (benchmarks/RESULTS.md, "The story chain on the wide tokenizer")
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-wide-guests/model" sprites \
