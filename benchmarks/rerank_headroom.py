@@ -74,7 +74,8 @@ def main() -> None:
     earlier = [story.captions[:index] for story, index in generated]
     frames = np.stack([np.stack([frame for _, _, frame in run.generated_frames()]) for run in runs], 1)  # (F, R, ...)
     flat = frames.reshape(-1, *frames.shape[2:])
-    labels = {head: np.stack([np.asarray(stories[s]["labels"][head])[i] for s, i in keys]) for head in LOOK_HEADS}
+    looks_known = all(head in stories[0]["labels"] for head in LOOK_HEADS)  # sprites' slot labels
+    labels = {h: np.stack([np.asarray(stories[s]["labels"][h])[i] for s, i in keys]) for h in LOOK_HEADS if looks_known}
 
     def read(judge_name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """-> the characters a judge reads in every sample (F, R, C), and each sample's appearance score (F, R)
@@ -82,7 +83,7 @@ def main() -> None:
         judge = load_judge(judge_name)
         readings = judge_frames(judge, flat)[0]
         characters = readings["characters"].reshape(len(keys), len(runs), -1)
-        if not all(head in readings and head in stories[0]["labels"] for head in LOOK_HEADS):
+        if not looks_known or not all(head in readings for head in LOOK_HEADS):
             return characters, None
         truth_per_sample = {head: np.repeat(labels[head], len(runs), axis=0) for head in LOOK_HEADS}
         return characters, appearance_by_frame(readings, truth_per_sample).reshape(len(keys), len(runs))
