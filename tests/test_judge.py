@@ -178,13 +178,15 @@ def test_digits_rows_and_a_random_judge(tmp_path):
     assert generated["judge_agreement"] == 1.0  # the samples are the real frames
     assert evaluation.by_frame["generated"] == {} and "reconstructed" not in evaluation.rows
     # a "reconstruct" function adds the reconstructed row: a lossless one reads like the real frames
-    lossless = evaluate_samples(samples, data, judge=judge, inception=False, reconstruct=np.copy)
+    lossless = evaluate_samples(
+        samples, data, judge=judge, inception=False, reconstruct=lambda frames, firsts: frames.copy()
+    )
     reconstructed = lossless.rows["reconstructed"]
     assert set(reconstructed) == {"digit_acc", "color_acc", "background_acc", "judge_agreement"}
     assert reconstructed["judge_agreement"] == 1.0 and lossless.rows["generated"] == generated
     assert {name: reconstructed[name] for name in evaluation.rows["real"]} == evaluation.rows["real"]
     with pytest.raises(ValueError, match="reconstruct returned"):
-        evaluate_samples(samples, data, judge=judge, inception=False, reconstruct=lambda frames: frames[:1])
+        evaluate_samples(samples, data, judge=judge, inception=False, reconstruct=lambda frames, firsts: frames[:1])
 
 
 @pytest.mark.slow

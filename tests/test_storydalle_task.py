@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -9,8 +10,10 @@ import torch
 
 from storyviz.config import ConfigError
 from storyviz.data.store import open_dataset
+from storyviz.image_tokenizers.vqgan import VQGAN
 from storyviz.pipelines import SamplingOptions, StoryRequest, load_pipeline
-from storyviz.pipelines.storydalle import StoryDallePipeline
+from storyviz.pipelines.storydalle import StoryDallePipeline, to_uint8
+from storyviz.registry import load_model
 from storyviz.training.loop import train
 from storyviz.training.tasks.storydalle import (
     StoryDalleTask,
@@ -90,6 +93,52 @@ def test_visualization_uses_its_first_frame_as_the_source(trained):
     expected = Engine(pipeline.transformer).generate(text, pipeline.sampling_config(options), prefix, **kwargs)
     assert expected.tokens[:, 0].tolist() == story.codes[1:]
     assert len(continued.frames) == 2
+
+
+def test_a_reference_decoder_draws_frames_after_the_source_with_the_source(trained, tmp_path):
+    root, model_dir = trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(model_dir, bundle)
+    plain = load_model(bundle / "image_tokenizer")
+    reading = VQGAN(plain.config.replace(reference_resolutions=(8,)))
+    state = reading.state_dict()
+    state.update(plain.state_dict())
+    state.update(
+        {
+            k: torch.randn(v.shape, generator=torch.Generator().manual_seed(0))
+            for k, v in state.items()
+            if "proj_out" in k and "reference" in k
+        }
+    )
+    reading.load_state_dict(state)
+    shutil.rmtree(bundle / "image_tokenizer")
+    reading.save_pretrained(bundle / "image_tokenizer")
+    pipeline = load_pipeline(bundle)
+    assert pipeline.reads_reference
+    seen = []
+
+    def brightest(captions, images, earlier):  # a frame scorer that keeps what it was shown
+        seen.append(to_uint8(images.flatten(0, 1)))
+        return images.mean(dim=(2, 3, 4))
+
+    pipeline.use_scorer(brightest)
+    story = open_dataset(root / "data").split("test")[0]
+    options = SamplingOptions(seed=3, top_k=8, candidates=2)
+    continued, drawn = pipeline.generate(
+        [StoryRequest(story["captions"][1:3], source_frame=story["frames"][0]), StoryRequest(story["captions"][:3])],
+        options,
+    )
+    source = pipeline.source_images([story["frames"][0]])
+    codes = torch.tensor(continued.codes).view(-1, *pipeline.grid)
+    expected = to_uint8(reading.decode(codes, source.expand(len(codes), -1, -1, -1)))
+    assert np.array_equal(np.stack(continued.frames), expected)
+    assert not np.array_equal(expected, to_uint8(reading.decode(codes)))
+    for frame in continued.frames:  # the scorer saw the candidates as they are drawn
+        assert any(np.array_equal(frame, candidate) for candidate in seen[-1])
+    codes = torch.tensor(drawn.codes).view(-1, *pipeline.grid)
+    first = reading.decode(codes[:1])
+    expected = to_uint8(torch.cat([first, reading.decode(codes[1:], first.expand(2, -1, -1, -1))]))
+    assert np.array_equal(np.stack(drawn.frames), expected)
 
 
 def test_bad_requests_are_refused_with_a_reason(trained):

@@ -100,14 +100,15 @@ def evaluate_samples(
     inception: bool = True,
     fid_resolution: int = FID_RESOLUTION,
     seed: int = 0,
-    reconstruct: Callable[[np.ndarray], np.ndarray] | None = None,
+    reconstruct: Callable[[np.ndarray, list], np.ndarray] | None = None,
 ) -> Evaluation:
     """Scores the frames in a samples folder (storyviz.evaluation.samples) against `data.split(split)`.
 
     data: an opened data set (storyviz.data.open_dataset). judge: a loaded judge (load_judge) or None for FID
     only. inception: compute fid_inception (at `fid_resolution` px). seed: the shuffled row's choice of stories.
-    reconstruct: real frames uint8 (N, H, W, 3) -> the model's tokenizer's reconstructions of them (the same
-    shape), for the "reconstructed" row (judge metrics only); None leaves the row out.
+    reconstruct: (real frames uint8 (N, H, W, 3), each one's story's first frame (H, W, 3) or None for a first
+    frame) -> the model's tokenizer's reconstructions of them (the same shape; a decoder that reads a reference
+    frame reads that first frame), for the "reconstructed" row (judge metrics only); None leaves the row out.
     """
     samples = read_samples(samples_dir)
     split = split or samples.split
@@ -115,7 +116,7 @@ def evaluate_samples(
     if judge is not None:
         check_heads(judge, data.meta["labels"], f"data set {data.meta.get('name', '')!r}")
 
-    generated, real, shuffled_source, positions = [], [], [], []
+    generated, real, firsts, shuffled_source, positions = [], [], [], [], []
     labels: dict[str, list[np.ndarray]] = {}
     grid = []
     order, shuffled_from = shuffled_stories([sample.story_index for sample in samples.stories], len(stories), seed)
@@ -140,6 +141,7 @@ def evaluate_samples(
         made = [samples.frame(sample, frame) for frame in frames]
         generated += made
         real += [story["frames"][frame] for frame in frames]
+        firsts += [story["frames"][0] if frame else None for frame in frames]
         shuffled_source += [(int(order[number]), frame) for frame in frames]
         positions += frames
         for head, value in story["labels"].items():
@@ -159,7 +161,7 @@ def evaluate_samples(
 
     row_frames = {"generated": generated_frames, "real": real_frames, "shuffled": shuffled_frames}
     if reconstruct is not None and judge is not None:
-        row_frames["reconstructed"] = _checked_reconstructions(reconstruct, real_frames)
+        row_frames["reconstructed"] = _checked_reconstructions(reconstruct, real_frames, firsts)
     rows: dict[str, dict[str, float]] = {row: {} for row in ROWS if row in row_frames}
     by_frame: dict[str, dict[int, dict[str, float]]] = {row: {} for row in rows}
     info: dict[str, Any] = {
@@ -204,8 +206,8 @@ def evaluate_samples(
     )
 
 
-def _checked_reconstructions(reconstruct, real_frames: np.ndarray) -> np.ndarray:
-    made = np.asarray(reconstruct(real_frames))
+def _checked_reconstructions(reconstruct, real_frames: np.ndarray, firsts: list) -> np.ndarray:
+    made = np.asarray(reconstruct(real_frames, firsts))
     if made.shape != real_frames.shape or made.dtype != np.uint8:
         raise ValueError(
             f"reconstruct returned {made.dtype} {made.shape} for frames uint8 {real_frames.shape}; expected the same"

@@ -108,11 +108,15 @@ def bundle_image_tokenizer(model: str | Path | None) -> Path | None:
 
 
 def reconstructions(tokenizer_dir: str | Path, batch: int = 64):
-    """A function: real frames uint8 (N, H, W, 3) -> the tokenizer's reconstructions of them, in batches."""
+    """A function: (real frames uint8 (N, H, W, 3), their reference frames (H, W, 3) or None) -> the tokenizer's
+    reconstructions of them, in batches (references are read only by a decoder that reads them)."""
     tokenizer = load_model(tokenizer_dir).eval()
 
-    def reconstruct(frames: np.ndarray) -> np.ndarray:
-        parts = [_reconstruct(tokenizer, frames[start : start + batch]) for start in range(0, len(frames), batch)]
+    def reconstruct(frames: np.ndarray, references: list) -> np.ndarray:
+        parts = [
+            _reconstruct(tokenizer, frames[start : start + batch], references[start : start + batch])
+            for start in range(0, len(frames), batch)
+        ]
         return np.concatenate(parts)
 
     return reconstruct
@@ -141,10 +145,22 @@ def _resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC))
 
 
+def _images(frames) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
 @torch.inference_mode()
-def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray) -> np.ndarray:
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-    decoded = tokenizer.decode(tokenizer.encode(images))  # every first stage has encode / decode
+def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray, references: list | None = None) -> np.ndarray:
+    """frames uint8 (N, H, W, 3) -> decode(encode(frames)); a decoder that reads a reference frame reads frame 0
+    of each story (`_record` order) or, when given, `references` (each (H, W, 3) or None)."""
+    images = _images(frames)
+    codes = tokenizer.encode(images)  # every first stage has encode / decode
+    decoded = tokenizer.decode(codes)
+    if getattr(tokenizer, "reads_reference", False):
+        references = [None, *[frames[0]] * (len(frames) - 1)] if references is None else references
+        rows = [row for row, reference in enumerate(references) if reference is not None]
+        if rows:
+            decoded[rows] = tokenizer.decode(codes[rows], _images([references[row] for row in rows]))
     return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

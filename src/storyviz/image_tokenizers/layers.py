@@ -91,3 +91,36 @@ class Upsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, 2H, 2W)"""
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CrossAttnBlock(nn.Module):
+    """Single-head attention from the H*W positions of x to the h*w positions of a context map, added through a
+    zero-initialised `proj_out`, so that a block added to a trained decoder leaves its output unchanged at first.
+    Learned position embeddings on both sides let it match by place as well as by content."""
+
+    def __init__(self, channels: int, context_channels: int, num_groups: int, size: int, context_size: int):
+        super().__init__()
+        self.norm = normalize(channels, num_groups)
+        self.norm_context = normalize(context_channels, num_groups)
+        self.position = nn.Parameter(torch.randn(1, channels, size, size) * 0.02)
+        self.context_position = nn.Parameter(torch.randn(1, context_channels, context_size, context_size) * 0.02)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(context_channels, channels, 1)
+        self.v = nn.Conv2d(context_channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), context (B, C_ctx, h, w) -> (B, C, H, W); keep (B,) 0/1: rows at 0 come out as x."""
+        batch, channels, height, width = x.shape
+        c = self.norm_context(context) + self.context_position
+
+        def positions(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H*W, C)
+            return t.flatten(2).transpose(1, 2).unsqueeze(1)
+
+        out = F.scaled_dot_product_attention(
+            positions(self.q(self.norm(x) + self.position)), positions(self.k(c)), positions(self.v(c))
+        )
+        out = self.proj_out(out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width))
+        return x + (out if keep is None else out * keep.view(-1, 1, 1, 1).to(out.dtype))

@@ -9,6 +9,12 @@ state dict loads strictly into `VQGAN(PRESETS["mindalle"])` (343 tensors). Two t
 the weights depend on them: down-sampling pads (0, 1, 0, 1) before a stride-2 3x3 conv without padding, and the
 decoder's levels are stored in `up` in reverse order (up[-1] is applied first) with num_res_blocks + 1 blocks each.
 
+With `reference_resolutions` (off in every published model), the decoder also reads a reference frame: at each
+listed resolution a cross-attention block (zero-initialised output, so it starts as the plain decoder) attends to
+`reference`'s map of the reference's encoder features (taken before quantisation, so it keeps what the
+codes lose). For story continuation the reference is the source frame: a look that the codes draw only roughly
+can be drawn as the source shows it. Decoding without a reference skips those blocks.
+
 The losses here are only the quantizer's (codebook, commitment); reconstruction and GAN losses live in
 storyviz.training.tasks.tokenizers.
 """
@@ -21,7 +27,15 @@ import torch
 from torch import nn
 
 from storyviz.config import Config, ConfigError
-from storyviz.image_tokenizers.layers import AttnBlock, Downsample, ResnetBlock, Upsample, normalize, swish
+from storyviz.image_tokenizers.layers import (
+    AttnBlock,
+    CrossAttnBlock,
+    Downsample,
+    ResnetBlock,
+    Upsample,
+    normalize,
+    swish,
+)
 from storyviz.image_tokenizers.quantize import VectorQuantizer, codebook_stats
 from storyviz.weights import Pretrained
 
@@ -47,6 +61,8 @@ class VQGANConfig(Config):
     ema_decay: float = 0.99
     ema_epsilon: float = 1e-5
     dead_code_steps: int = 0  # restart codes unused for this many training steps; 0 = never
+    # decoder resolutions (e.g. (16, 32)) with a cross-attention block to a reference frame; () = none
+    reference_resolutions: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not self.ch_mult:
@@ -59,6 +75,13 @@ class VQGANConfig(Config):
         for width in {self.ch * m for m in self.ch_mult} | {self.ch}:
             if width % self.num_groups:
                 raise ConfigError(f"VQGANConfig.num_groups: {self.num_groups} does not divide channel width {width}")
+        levels = {self.resolution // 2**level for level in range(len(self.ch_mult))}
+        unknown = sorted(set(self.reference_resolutions) - levels)
+        if unknown:
+            raise ConfigError(
+                f"VQGANConfig.reference_resolutions: {unknown} is not a decoder resolution (expected some of "
+                f"{sorted(levels)})"
+            )
 
     @property
     def downsample_factor(self) -> int:
@@ -167,6 +190,9 @@ class Decoder(nn.Module):
                 channels = c.ch * c.ch_mult[level]
                 if resolution in c.attn_resolutions:
                     stage.attn.append(AttnBlock(channels, c.num_groups))
+            if resolution in c.reference_resolutions:
+                latent = c.resolution // c.downsample_factor
+                stage.reference = CrossAttnBlock(channels, c.ch * c.ch_mult[-1], c.num_groups, resolution, latent)
             if level != 0:
                 stage.upsample = Upsample(channels)
                 resolution *= 2
@@ -175,7 +201,11 @@ class Decoder(nn.Module):
         self.norm_out = normalize(channels, c.num_groups)
         self.conv_out = nn.Conv2d(channels, c.out_ch, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, reference: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z (B, z_channels, h, w), reference (B, C, h', w') from VQGAN.reference_features or None; keep (B,) 0/1
+        (rows at 0 decode as without the reference) or None."""
         h = self.conv_in(z)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for stage in reversed(self.up):
@@ -183,6 +213,8 @@ class Decoder(nn.Module):
                 h = block(h)
                 if len(stage.attn):
                     h = stage.attn[i](h)
+            if reference is not None and hasattr(stage, "reference"):
+                h = stage.reference(h, reference, keep)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))
@@ -197,6 +229,8 @@ class VQGAN(nn.Module, Pretrained):
 
     model_type = "vqgan"
     config_class = VQGANConfig
+    # config field -> the name of the modules it adds (train.init_from a tokenizer without them keeps their start)
+    added_by_fields = {"reference_resolutions": "reference"}
 
     def __init__(self, config: VQGANConfig):
         super().__init__()
@@ -214,6 +248,16 @@ class VQGAN(nn.Module, Pretrained):
         )
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        if config.reference_resolutions:
+            width = config.ch * config.ch_mult[-1]
+            self.reference = nn.Sequential(
+                nn.Conv2d(config.z_channels, width, 1), ResnetBlock(width, width, config.num_groups)
+            )
+
+    @property
+    def reads_reference(self) -> bool:
+        """Whether `decode` can take a reference frame."""
+        return bool(self.config.reference_resolutions)
 
     @property
     def codebook_size(self) -> int:
@@ -245,9 +289,22 @@ class VQGAN(nn.Module, Pretrained):
         self._check_images(images)
         return self.quantize(self.quant_conv(self.encoder(images)))
 
-    def decode_latents(self, quantized: torch.Tensor) -> torch.Tensor:
-        """quantized latents (B, embed_dim, h, w) -> raw decoder output (B, 3, H, W)."""
-        return self.decoder(self.post_quant_conv(quantized))
+    def reference_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Reference frames (B, 3, H, W) in [-1, 1] -> the map the decoder's cross-attention reads (B, C, h, w).
+        The encoder is read without gradient: the codes of every frame stay as they are."""
+        if not self.reads_reference:
+            raise ValueError("this VQGAN's decoder reads no reference frame (reference_resolutions is empty)")
+        self._check_images(images)
+        with torch.no_grad():
+            features = self.encoder(images)
+        return self.reference(features)
+
+    def decode_latents(
+        self, quantized: torch.Tensor, reference: torch.Tensor | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """quantized latents (B, embed_dim, h, w) [+ reference_features, and which rows read them (B,) 0/1] ->
+        raw decoder output (B, 3, H, W)."""
+        return self.decoder(self.post_quant_conv(quantized), reference, keep)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         quantized, codes, losses = self.quantize_images(images)
@@ -263,11 +320,17 @@ class VQGAN(nn.Module, Pretrained):
         return self.quantize.nearest(flat).reshape(batch, height, width)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, h, w) int64 -> images (B, 3, h*f, w*f) in [-1, 1]."""
+    def decode(self, codes: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, h, w) int64 [, reference frames (B, 3, H, W) in [-1, 1]] -> images (B, 3, h*f, w*f) in
+        [-1, 1]. A decoder without reference blocks ignores `reference`."""
         if codes.dim() != 3:
             raise ValueError(f"codes: expected (B, h, w), got {tuple(codes.shape)}")
-        return self.decode_latents(self.quantize.lookup(codes)).clamp(-1.0, 1.0)
+        features = None
+        if reference is not None and self.reads_reference:
+            if len(reference) != len(codes):
+                raise ValueError(f"reference: {len(reference)} frames for {len(codes)} code maps")
+            features = self.reference_features(reference)
+        return self.decode_latents(self.quantize.lookup(codes), features).clamp(-1.0, 1.0)
 
     def codebook_stats(self, codes: torch.Tensor) -> dict[str, float]:
         """codes (...) -> {"perplexity", "usage"} (see quantize.codebook_stats)."""

@@ -192,11 +192,17 @@ def rerank(
     image_tokenizer,
     grid: tuple[int, int],
     earlier: list[list[str]],
+    references: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, C, N) of C candidates for each of B captions -> (the same sorted best first, scores (B, C) sorted
-    alike); every candidate is decoded and scored against its caption (and its story's `earlier` captions)."""
+    alike); every candidate is decoded (with its caption's reference frame (B, 3, H, W) when given, for a decoder
+    that reads one) and scored against its caption (and its story's `earlier` captions)."""
     batch, count = tokens.shape[:2]
-    images = image_tokenizer.decode(tokens.reshape(-1, *grid)).clamp(-1, 1)
+    if references is None:
+        images = image_tokenizer.decode(tokens.reshape(-1, *grid))
+    else:
+        images = image_tokenizer.decode(tokens.reshape(-1, *grid), references.repeat_interleave(count, dim=0))
+    images = images.clamp(-1, 1)
     scores = scorer(captions, images.view(batch, count, *images.shape[1:]), earlier=earlier)
     scores = torch.as_tensor(scores, dtype=torch.float32)
     if scores.shape != (batch, count):

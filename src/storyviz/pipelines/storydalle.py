@@ -8,6 +8,8 @@ The model folder is a "storydalle-bundle" (transformer/ = StoryDalle, tokenizer/
   its caption, its story token and the source frame (frames do not see each other, as in the paper).
 - Visualization: frame 1 is generated from its caption and story token without a source, then used as the source
   of the other frames.
+An image tokenizer whose decoder reads a reference frame (a VQGAN with `reference_resolutions`) decodes every
+frame after the source with the source frame as its reference: the given frame, or frame 1 as decoded.
 With several candidates per frame, a frame scorer (the bundle's "scorer" part, or `use_scorer`) keeps the one
 that shows its caption best, read after the story's earlier captions (storyviz.pipelines.rerank); without one,
 the first.
@@ -52,6 +54,7 @@ class StoryDallePipeline(DallePipeline):
         self.transformer = self.model.dalle
         self.tokenizer = tokenizer
         self.image_tokenizer = image_tokenizer.to(self.device).eval()
+        self.reads_reference = bool(getattr(self.image_tokenizer, "reads_reference", False))
         self.scorer = scorer
         config = self.model.config
         side = int(round(config.dalle.image_len**0.5))
@@ -91,11 +94,23 @@ class StoryDallePipeline(DallePipeline):
                     f"{self.max_frames}"
                 )
 
-    def encode_source(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """Source frames uint8 (H, W, 3), any size -> codes (B, N)."""
+    def source_images(self, frames: list[np.ndarray]) -> torch.Tensor:
+        """Source frames uint8 (H, W, 3), any size -> images (B, 3, S, S) in [-1, 1] at the model's size."""
         fitted = np.stack([square_resize(np.asarray(frame), self.image_size) for frame in frames])
-        images = torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
-        return self.image_tokenizer.encode(images).reshape(len(frames), -1)
+        return torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(self.device)
+
+    def decode(self, codes: torch.Tensor, references: list[torch.Tensor | None]) -> torch.Tensor:
+        """codes (R, N) -> images (R, 3, S, S), each row decoded with its reference frame (3, S, S) or None."""
+        grids = codes.reshape(-1, *self.grid)
+        given = [row for row, reference in enumerate(references) if reference is not None]
+        if not self.reads_reference or not given:
+            return self.image_tokenizer.decode(grids)
+        images = torch.empty(len(codes), 3, self.image_size, self.image_size, device=codes.device)
+        plain = [row for row, reference in enumerate(references) if reference is None]
+        if plain:
+            images[plain] = self.image_tokenizer.decode(grids[plain])
+        images[given] = self.image_tokenizer.decode(grids[given], torch.stack([references[row] for row in given]))
+        return images
 
     def sentence_vectors(self, captions: list[str]) -> torch.Tensor:
         """Captions -> (N, E) sentence embeddings for the story encoder."""
@@ -144,28 +159,36 @@ class StoryDallePipeline(DallePipeline):
         ]
         story_tokens = self.story_tokens(stories)
         truncated = self._warn_truncated([caption for request in requests for caption in request.captions])
-        sources: list[torch.Tensor | None] = [None] * len(requests)
+        sources: list[torch.Tensor | None] = [None] * len(requests)  # codes of each story's source frame
+        references: list[torch.Tensor | None] = [None] * len(requests)  # its image, for a reference decoder
         given = [i for i, request in enumerate(requests) if request.source_frame is not None]
         if given:
-            codes = self.encode_source([requests[i].source_frame for i in given])
+            images = self.source_images([requests[i].source_frame for i in given])
+            codes = self.image_tokenizer.encode(images).reshape(len(given), -1)
             for row, i in enumerate(given):
-                sources[i] = codes[row]
+                sources[i], references[i] = codes[row], images[row]
         phases = 2 if len(given) < len(requests) else 1
         first_frames: dict[int, torch.Tensor] = {}
         if phases == 2:  # visualization: frame 1 of each such request, without a source
             rows = [(i, 0) for i in range(len(requests)) if sources[i] is None]
-            tokens = self._sample(rows, stories, story_tokens, sources, config, progress, phase=(1, phases))
-            for (i, _), codes in zip(rows, tokens):
+            tokens = self._sample(rows, stories, story_tokens, sources, references, config, progress, (1, phases))
+            decoded = self.decode(tokens, [None] * len(rows)) if self.reads_reference else [None] * len(rows)
+            for (i, _), codes, image in zip(rows, tokens, decoded):
                 first_frames[i] = codes
-                sources[i] = codes
+                sources[i], references[i] = codes, image
         rows = [(i, frame) for i, story in enumerate(stories) for frame in range(1, len(story))]
-        tokens = self._sample(rows, stories, story_tokens, sources, config, progress, phase=(phases, phases))
+        tokens = self._sample(rows, stories, story_tokens, sources, references, config, progress, (phases, phases))
         generated = {key: codes for key, codes in zip(rows, tokens)}
         for i, codes in first_frames.items():
             generated[(i, 0)] = codes
-        return self._results(requests, generated, truncated, time.perf_counter() - start)
+        keys = sorted(generated)
+        images = self.decode(
+            torch.stack([generated[key] for key in keys]),
+            [None if frame == 0 else references[i] for i, frame in keys],  # frame 0: drawn without a source
+        )
+        return self._results(requests, generated, dict(zip(keys, to_uint8(images))), truncated, start)
 
-    def _sample(self, rows, stories, story_tokens, sources, config, progress, phase) -> torch.Tensor:
+    def _sample(self, rows, stories, story_tokens, sources, references, config, progress, phase) -> torch.Tensor:
         """Samples one frame per (request, frame index) row in one batch -> codes (R, N) (first candidate)."""
         if not rows:
             return torch.empty(0, self.transformer.config.image_len, dtype=torch.long)
@@ -190,7 +213,9 @@ class StoryDallePipeline(DallePipeline):
         if self.scorer is not None and config.candidates > 1:
             captions = [stories[i][frame] for i, frame in rows]
             earlier = [stories[i][:frame] for i, frame in rows]
-            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier)
+            given = [references[i] for i, _ in rows]
+            reference = torch.stack(given) if self.reads_reference and all(r is not None for r in given) else None
+            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier, reference)
         return tokens[:, 0]
 
     def _warn_truncated(self, captions: list[str]) -> list[str]:
@@ -201,12 +226,8 @@ class StoryDallePipeline(DallePipeline):
             )
         return truncated
 
-    def _results(self, requests, generated, truncated, seconds) -> list[StoryResult]:
-        keys = sorted(generated)
-        images = to_uint8(
-            self.image_tokenizer.decode(torch.stack([generated[k] for k in keys]).reshape(-1, *self.grid))
-        )
-        frames = dict(zip(keys, images))
+    def _results(self, requests, generated, frames, truncated, start) -> list[StoryResult]:
+        seconds = time.perf_counter() - start
         results = []
         for i, request in enumerate(requests):
             offset = 1 if request.source_frame is not None else 0

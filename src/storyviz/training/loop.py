@@ -231,12 +231,20 @@ class _Run:
                 source, found = part, config
                 break
         changed = self._changed_fields(found["config"])
-        if found["model_type"] != self.model.model_type or changed:
+        # fields that only add modules (e.g. a VQGAN's reference decoder): the new modules keep their own start
+        added = set(getattr(self.model, "added_by_fields", {})) & set(changed)
+        if found["model_type"] != self.model.model_type or set(changed) - added:
             raise ConfigError(
                 f"train.init_from {source}: a {found['model_type']!r} model whose config differs from this run's "
                 f"{self.model.model_type!r} model (fields {changed or 'model_type'})"
             )
-        load_state_dict_strict(self.model, read_safetensors(source / WEIGHTS_NAME), str(source / WEIGHTS_NAME))
+        state = read_safetensors(source / WEIGHTS_NAME)
+        if added:
+            new = {key: value for key, value in self.model.state_dict().items() if key not in state}
+            if not all(any(part in key.split(".") for part in self.model.added_by_fields.values()) for key in new):
+                raise ConfigError(f"train.init_from {source}: weights missing beyond the modules of {sorted(added)}")
+            state = {**new, **state}
+        load_state_dict_strict(self.model, state, str(source / WEIGHTS_NAME))
         if self.ema is not None:
             self.ema = EMA(self.model, self.config.ema_decay)
         if self.dist.is_main:

@@ -14,6 +14,13 @@ VQGAN loss = l1 * |x - x'| + l2 * (x - x')^2 + codebook_weight * (codebook + com
            [+ adaptive_weight * disc_weight * -D(x')  +  hinge(D(x), D(sg[x']))   from step `disc_start`]
 With `decoder_only`, only post_quant_conv and the decoder train (the codes of every frame stay fixed), e.g. to
 refine a trained tokenizer's decoder with the discriminator while stage 2 trains on its codes.
+A VQGAN with `reference_resolutions` trains its decoder to read a reference frame (decoder_only, from a trained
+tokenizer with `train.init_from`): each item is a frame k >= 2 of a story, decoded from its codes with frame 1 as
+the reference. With `look_swap` > 0 (sprites only) the codes are those of the frame's look twin
+(storyviz.data.sprites.twins: characters of frame 1 drawn with another look, each with that probability) and the
+target is still the true frame, so the decoder learns to draw the looks that the source frame shows. A share
+`reference_drop` of the training frames decodes their own codes without the reference (never a twin's, which
+only the reference can repair), so that the plain decoding stays as it was.
 The optional PatchGAN discriminator is a task extra (trained by the same optimiser, not exported). Its two terms
 are kept apart: the generator term runs D with detached parameters (no gradient into D), the discriminator term
 sees detached reconstructions (no gradient into the VQGAN). The adaptive weight is taming's ratio of the
@@ -65,6 +72,8 @@ class VQGANTaskConfig(VQGANConfig):
     # train only post_quant_conv and the decoder (and the discriminator): the encoder and codebook stay as they
     # are, so every frame's codes stay the same and stage 2 can train on them while the decoder is refined
     decoder_only: bool = False
+    look_swap: float = 0.0  # reference decoders on sprites: chance that a character of frame 1 is drawn otherwise
+    reference_drop: float = 0.1  # reference decoders: share of frames decoded without the reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +152,63 @@ def open_frames(data: str, split: str, image_size: int, field: str) -> FrameImag
     return FrameImages(dataset.split(split).frames())
 
 
+class ReferencePairs(Dataset):
+    """Frames 2..L of every story with their story's frame 1: items (target, reference, input) uint8 (H, W, 3)
+    and whether the decoder reads the reference (a bool tensor; not with probability `drop`); the input is the
+    target or, for a frame that reads the reference and with `look_swap`, its look twin
+    (storyviz.data.sprites.twins)."""
+
+    def __init__(self, stories: Dataset, look_swap: float, drop: float, seed: int = 0):
+        self.stories = stories
+        self.length = int(stories.meta["frames_per_story"])
+        self.look_swap = look_swap
+        self.drop = drop
+        self.seed = seed
+        self.draws = 0
+
+    def __len__(self) -> int:
+        return len(self.stories) * (self.length - 1)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        story_index, frame = divmod(int(index), self.length - 1)
+        story = self.stories[story_index]
+        target, reference = story["frames"][frame + 1], story["frames"][0]
+        self.draws += 1  # a new draw each time the item is read (every epoch, every worker)
+        rng = np.random.default_rng([self.seed, index, self.draws])
+        reads = not rng.random() < self.drop
+        given = target
+        if reads and self.look_swap > 0:
+            from storyviz.data.sprites.twins import look_twin
+
+            annotation = story["annotation"]
+            twin = look_twin(annotation[frame + 1], annotation[0], target.shape[0], self.look_swap, rng)
+            given = target if twin is None else twin
+        images = tuple(torch.from_numpy(np.ascontiguousarray(image)) for image in (target, reference, given))
+        return (*images, torch.tensor(reads))
+
+
+def collate_reference_pairs(items: list[tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
+    target, reference, given = (images_from_uint8(torch.stack(column)) for column in list(zip(*items))[:3])
+    keep = torch.stack([item[3] for item in items]).float()
+    return {"images": target, "reference": reference, "input": given, "keep": keep}
+
+
+def open_reference_pairs(data: str, split: str, image_size: int, look_swap: float, drop: float) -> ReferencePairs:
+    from storyviz.data import open_dataset
+
+    dataset = open_dataset(data)
+    if dataset.meta.get("image_size") != image_size:
+        raise ConfigError(f"{data}: frames are {dataset.meta.get('image_size')} px, the tokenizer takes {image_size}")
+    if int(dataset.meta.get("frames_per_story", 1)) < 2:
+        raise ConfigError(f"{data}: a reference decoder trains on stories of at least 2 frames")
+    if look_swap > 0 and dataset.meta.get("name") != "sprites":
+        raise ConfigError(
+            f"model.look_swap={look_swap}: look twins are drawn from sprites annotations, and {data} is "
+            f"{dataset.meta.get('name')!r} data; set model.look_swap=0"
+        )
+    return ReferencePairs(dataset.split(split), look_swap, drop)
+
+
 # ------------------------------------------------------------------------------------------------ losses
 
 
@@ -213,6 +279,16 @@ class VQGANTask(Task):
 
     def __init__(self, model_config: Config, data: str):
         super().__init__(task_config(model_config, VQGANTaskConfig), data)
+        c = self.model_config
+        if c.reference_resolutions and not c.decoder_only:
+            raise ConfigError(
+                "model.reference_resolutions: a reference decoder trains on a trained tokenizer's fixed codes; "
+                "set model.decoder_only=true and train.init_from=TOKENIZER"
+            )
+        if not 0 <= c.reference_drop <= 1 or not 0 <= c.look_swap <= 1:
+            raise ConfigError(
+                f"model.reference_drop={c.reference_drop}, model.look_swap={c.look_swap}: expected shares in [0, 1]"
+            )
 
     def build_model(self) -> VQGAN:
         return VQGAN(base_config(self.model_config, VQGANConfig))
@@ -226,25 +302,47 @@ class VQGANTask(Task):
     def trainable_parameters(self, model: VQGAN, extras: nn.ModuleDict) -> list[nn.Parameter]:
         if not self.model_config.decoder_only:
             return super().trainable_parameters(model, extras)
-        parts = (model.post_quant_conv, model.decoder, extras)
+        parts = [model.post_quant_conv, model.decoder, extras]
+        if model.reads_reference:
+            parts.append(model.reference)
         return [p for part in parts for p in part.parameters()]
 
     def dataset(self, split: str) -> Dataset:
-        return open_frames(self.data, split, self.model_config.resolution, "resolution")
+        c = self.model_config
+        if c.reference_resolutions:  # held-out frames: their own codes, always with the reference
+            train = split == "train"
+            return open_reference_pairs(
+                self.data, split, c.resolution, c.look_swap if train else 0.0, c.reference_drop if train else 0.0
+            )
+        return open_frames(self.data, split, c.resolution, "resolution")
 
-    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+    def collate(self, items: list) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.model_config.reference_resolutions:
+            return collate_reference_pairs(items)
         return collate_images(items)
+
+    def decode_with_reference(self, model: VQGAN, batch: dict[str, torch.Tensor]) -> tuple:
+        """A reference decoder's batch -> (raw reconstruction of the targets, the input's codes). Rows whose "keep"
+        is 0 decode as without the reference; every parameter still takes part, as distributed training needs."""
+        codes = model.encode(batch["input"])
+        features = model.reference_features(batch["reference"])
+        return model.decode_latents(model.quantize.lookup(codes), features, batch["keep"]), codes
 
     def loss(
         self, model: VQGAN, batch: torch.Tensor, step: int, extras: nn.ModuleDict
     ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.model_config
-        images = batch
-        if c.decoder_only:  # fixed codes: no quantizer terms, no codebook updates
+        if c.reference_resolutions:
+            images = batch["images"]
+            reconstruction, codes = self.decode_with_reference(model, batch)
+            vq = {"codebook": images.new_zeros(()), "commitment": images.new_zeros(())}
+        elif c.decoder_only:  # fixed codes: no quantizer terms, no codebook updates
+            images = batch
             codes = model.encode(images)
             reconstruction = model.decode_latents(model.quantize.lookup(codes))
             vq = {"codebook": images.new_zeros(()), "commitment": images.new_zeros(())}
         else:
+            images = batch
             reconstruction, codes, vq = model(images)
         rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
         loss = rec_loss + c.codebook_weight * (vq["codebook"] + vq["commitment"])
@@ -266,11 +364,17 @@ class VQGANTask(Task):
         return loss, logs
 
     @torch.no_grad()
-    def sample_images(self, model: VQGAN, batch: torch.Tensor) -> torch.Tensor:
-        images = batch[:SAMPLE_COUNT]
+    def sample_images(self, model: VQGAN, batch) -> torch.Tensor:
         was_training = model.training
         model.eval()  # no EMA updates or code restarts while sampling
         try:
+            if isinstance(batch, dict):  # reference decoder: targets, the inputs' plain decoding, with reference
+                part = {name: images[:SAMPLE_COUNT] for name, images in batch.items()}
+                plain = model.decode(model.encode(part["input"]))
+                with_reference = model.decode(model.encode(part["input"]), part["reference"])
+                rows = [part["images"], plain, with_reference]
+                return ((torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1) + 1) / 2).unsqueeze(0)
+            images = batch[:SAMPLE_COUNT]
             return originals_above_reconstructions(images, model.decode(model.encode(images)))
         finally:
             model.train(was_training)
