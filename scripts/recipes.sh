@@ -6,6 +6,8 @@
 #   bash scripts/recipes.sh vqgan-sprites-wide   the wider sprites tokenizer of the shipped StoryDALL-E (L1/L2 only)
 #   bash scripts/recipes.sh vqgan-sprites-wide-guests   that tokenizer tuned on stories that all have a guest
 #                                           (data/sprites-guests); used by storydalle-guests
+#   bash scripts/recipes.sh vqgan-sprites-wide-reference   not shipped: the sprites model's tokenizer with a decoder
+#                                           that reads the source frame (after storydalle)
 #   bash scripts/recipes.sh vqgan-digits-f4 a digits tokenizer with 16x16 codes (L1/L2 only; not used by the DALL-E)
 #   bash scripts/recipes.sh arldm-vae       train ARLDM's first stage on sprites
 #   bash scripts/recipes.sh arldm           train and ship ARLDM on sprites (after arldm-vae)
@@ -110,6 +112,19 @@ case "${1:-}" in
         train vqgan small-f4 "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide-guests" --steps 2000 \
             --set model.ch=32 --set model.n_embed=1024 --set train.precision=bf16 \
             --set "train.init_from=$WORK/runs/vqgan-sprites-wide/model" --set train.lr=1e-4 --set train.warmup_steps=50 ;;
+    vqgan-sprites-wide-reference)  # not shipped: the shipped tokenizer's decoder taught to read the source frame
+        # (model.reference_resolutions; the codes stay the same), 2000 steps on the guest stories, resumed to 4000
+        # (about 17 min each on two threads; benchmarks/RESULTS.md, "A decoder that reads the source frame")
+        needs storydalle-wide-guests storydalle
+        guest_data
+        for steps in 2000 4000; do
+            [ "$(steps_done "$WORK/runs/vqgan-sprites-wide-reference")" -ge $steps ] ||
+                train vqgan small-f4 "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide-reference" \
+                    --steps $steps --set model.ch=32 --set model.n_embed=1024 --set train.precision=bf16 \
+                    --set 'model.reference_resolutions=[16,32]' --set model.decoder_only=true --set model.look_swap=0 \
+                    --set "train.init_from=$WORK/runs/storydalle-wide-guests/model" --set train.lr=2e-4 \
+                    --set train.warmup_steps=100
+        done ;;
     vqgan-digits-f4) data; train vqgan small-f4 "$WORK/data/digits" "$WORK/runs/vqgan-digits-f4" ;;
     arldm-vae) data; train arldm-vae small "$WORK/data/sprites" "$WORK/runs/arldm-vae" ;;
     arldm)

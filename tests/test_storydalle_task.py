@@ -3,6 +3,9 @@
 import json
 import math
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +180,26 @@ def test_training_goes_on_from_a_story_model_with_more_cross_attention_and_story
     vqgan = config.replace(pretrained=str(root / "vqgan"))
     with pytest.raises(ConfigError, match=r"model.pretrained .*vqgan: a 'vqgan' folder; expected a DALL-E bundle"):
         train("storydalle", vqgan, StoryDalleTask.train_presets["tiny"], str(root / "data"), root / "bad")
+
+
+def test_the_ablation_without_cross_attention_trains_on_from_a_story_model(trained, tmp_path):
+    root, model_dir = trained
+    script = Path(__file__).parents[1] / "benchmarks" / "drop_cross_attention.py"
+    subprocess.run([sys.executable, str(script), str(model_dir), str(tmp_path / "no-cross")], check=True)
+    before, dropped = load_pipeline(model_dir), load_pipeline(tmp_path / "no-cross")
+    assert before.model.config.cross_layers and dropped.model.config.cross_layers == []
+    kept = dropped.model.state_dict()
+    assert all(
+        torch.equal(value.float(), kept[key].float())
+        for key, value in before.model.state_dict().items()
+        if ".cross." not in key
+    )
+    config = StoryDalleTask.model_presets["tiny"].replace(
+        pretrained=str(tmp_path / "no-cross"), codes=str(root / "codes")
+    )
+    config = config.replace(model=config.model.replace(cross_attention_every=0))
+    again = train("storydalle", config, StoryDalleTask.train_presets["tiny"], str(root / "data"), tmp_path / "run")
+    assert load_pipeline(again).model.config.cross_layers == []
 
 
 def test_story_code_loss_reads_which_codes_each_frame_holds():
