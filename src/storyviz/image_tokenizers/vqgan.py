@@ -12,8 +12,9 @@ decoder's levels are stored in `up` in reverse order (up[-1] is applied first) w
 With `reference_resolutions` (off in every published model), the decoder also reads a reference frame: at each
 listed resolution a cross-attention block (zero-initialised output, so it starts as the plain decoder) attends to
 `reference`'s map of the reference's encoder features (taken before quantisation, so it keeps what the
-codes lose). For story continuation the reference is the source frame: a look that the codes draw only roughly
-can be drawn as the source shows it. Decoding without a reference skips those blocks.
+codes lose). For story continuation the reference is the source frame, so that a look the codes draw only
+roughly can be drawn as the source shows it (on sprites it lifts the reconstructions more than the story model's
+samples: benchmarks/RESULTS.md). Decoding without a reference skips those blocks.
 
 The losses here are only the quantizer's (codebook, commitment); reconstruction and GAN losses live in
 storyviz.training.tasks.tokenizers.
