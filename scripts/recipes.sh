@@ -114,7 +114,8 @@ case "${1:-}" in
             --set "train.init_from=$WORK/runs/vqgan-sprites-wide/model" --set train.lr=1e-4 --set train.warmup_steps=50 ;;
     vqgan-sprites-wide-reference)  # not shipped: the shipped tokenizer's decoder taught to read the source frame
         # (model.reference_resolutions; the codes stay the same), 2000 steps on the guest stories, resumed to 4000
-        # (about 17 min each on two threads; benchmarks/RESULTS.md, "A decoder that reads the source frame")
+        # (about 17 min each on two threads; benchmarks/RESULTS.md, "A decoder that reads the source frame"; the
+        # measured run started from the shipped float16 copy of the same tokenizer, src/storyviz/assets/models/sprites)
         needs storydalle-wide-guests storydalle
         guest_data
         for steps in 2000 4000; do
