@@ -15,22 +15,13 @@ from storyviz.image_tokenizers.vqgan import VQGAN
 from storyviz.registry import load_model
 from storyviz.training.loop import train
 from storyviz.training.tasks.tokenizers import VQGANTask, VQGANTaskConfig
-from tiny_models import TINY_VQGAN
+from tiny_models import TINY_VQGAN, with_random_outputs
 
 REFERENCE = TINY_VQGAN.replace(reference_resolutions=(8, 16))  # 32 px: decoder levels at 4, 8, 16 and 32 px
 
 
 def images(batch: int, seed: int) -> torch.Tensor:
     return torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def with_random_outputs(model: VQGAN, seed: int = 0) -> VQGAN:
-    """The reference blocks' zero-initialised output projections set to random values (as after training)."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, parameter in model.named_parameters():
-        if "reference.proj_out" in name:
-            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.5
-    return model
 
 
 @pytest.fixture(scope="module")

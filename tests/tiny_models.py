@@ -24,6 +24,15 @@ TINY_VQGAN = VQGANConfig(
 )
 
 
+def with_random_outputs(model: VQGAN, seed: int = 0) -> VQGAN:
+    """A reference decoder's zero-initialised output projections set to random values (as after training)."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in model.named_parameters():
+        if "reference.proj_out" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.5
+    return model
+
+
 def tiny_storydalle(root: Path) -> Path:
     """A tiny StoryDALL-E bundle trained for a few steps on a 4-story sprites build at 32 px; returns its folder.
     root gets data/, vqgan/, codes/ and run/."""

@@ -28,6 +28,7 @@ from storyviz.evaluation.evaluate import Evaluation, evaluate_samples
 from storyviz.evaluation.judges import MIN_ACCURACY, load_judge
 from storyviz.evaluation.report import write_report
 from storyviz.evaluation.samples import write_samples
+from storyviz.image_tokenizers.vqgan import decode_each
 from storyviz.pipelines import StoryRequest, load_pipeline
 from storyviz.progress import progress
 from storyviz.registry import DEFAULT_MODEL, load_model, resolve_model_dir
@@ -153,14 +154,9 @@ def _images(frames) -> torch.Tensor:
 def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray, references: list | None = None) -> np.ndarray:
     """frames uint8 (N, H, W, 3) -> decode(encode(frames)); a decoder that reads a reference frame reads frame 0
     of each story (`_record` order) or, when given, `references` (each (H, W, 3) or None)."""
-    images = _images(frames)
-    codes = tokenizer.encode(images)  # every first stage has encode / decode
-    decoded = tokenizer.decode(codes)
-    if getattr(tokenizer, "reads_reference", False):
-        references = [None, *[frames[0]] * (len(frames) - 1)] if references is None else references
-        rows = [row for row, reference in enumerate(references) if reference is not None]
-        if rows:
-            decoded[rows] = tokenizer.decode(codes[rows], _images([references[row] for row in rows]))
+    references = [None, *[frames[0]] * (len(frames) - 1)] if references is None else references
+    codes = tokenizer.encode(_images(frames))  # every first stage has encode / decode
+    decoded = decode_each(tokenizer, codes, [None if r is None else _images([r])[0] for r in references])
     return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

@@ -336,3 +336,18 @@ class VQGAN(nn.Module, Pretrained):
     def codebook_stats(self, codes: torch.Tensor) -> dict[str, float]:
         """codes (...) -> {"perplexity", "usage"} (see quantize.codebook_stats)."""
         return codebook_stats(codes, self.codebook_size)
+
+
+@torch.no_grad()
+def decode_each(tokenizer, codes: torch.Tensor, references: list[torch.Tensor | None]) -> torch.Tensor:
+    """codes (R, h, w) -> images (R, 3, H, W) in [-1, 1] in one decoder pass: each row with its reference frame
+    (3, H, W) in [-1, 1] by a tokenizer whose decoder reads one (`reads_reference`; a None reference decodes as
+    without one), otherwise plainly (any image tokenizer)."""
+    given = [reference is not None for reference in references]
+    if not getattr(tokenizer, "reads_reference", False) or not any(given):
+        return tokenizer.decode(codes)
+    blank = torch.zeros_like(references[given.index(True)])  # read by nothing: its rows' keep is 0
+    frames = torch.stack([blank if reference is None else reference for reference in references])
+    keep = torch.tensor(given, dtype=frames.dtype, device=frames.device)
+    features = tokenizer.reference_features(frames)
+    return tokenizer.decode_latents(tokenizer.quantize.lookup(codes), features, keep).clamp(-1.0, 1.0)

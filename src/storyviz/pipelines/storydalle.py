@@ -27,6 +27,7 @@ import torch
 
 from storyviz.convert.bundle import read_bundle_config
 from storyviz.data.formats.common import square_resize
+from storyviz.image_tokenizers.vqgan import decode_each
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryRequest, StoryResult
 from storyviz.pipelines.dalle import DallePipeline, GenerationError, bundled_scorer, rerank
 from storyviz.registry import load_model
@@ -101,16 +102,7 @@ class StoryDallePipeline(DallePipeline):
 
     def decode(self, codes: torch.Tensor, references: list[torch.Tensor | None]) -> torch.Tensor:
         """codes (R, N) -> images (R, 3, S, S), each row decoded with its reference frame (3, S, S) or None."""
-        grids = codes.reshape(-1, *self.grid)
-        given = [row for row, reference in enumerate(references) if reference is not None]
-        if not self.reads_reference or not given:
-            return self.image_tokenizer.decode(grids)
-        images = torch.empty(len(codes), 3, self.image_size, self.image_size, device=codes.device)
-        plain = [row for row, reference in enumerate(references) if reference is None]
-        if plain:
-            images[plain] = self.image_tokenizer.decode(grids[plain])
-        images[given] = self.image_tokenizer.decode(grids[given], torch.stack([references[row] for row in given]))
-        return images
+        return decode_each(self.image_tokenizer, codes.reshape(-1, *self.grid), references)
 
     def sentence_vectors(self, captions: list[str]) -> torch.Tensor:
         """Captions -> (N, E) sentence embeddings for the story encoder."""
@@ -168,25 +160,20 @@ class StoryDallePipeline(DallePipeline):
             for row, i in enumerate(given):
                 sources[i], references[i] = codes[row], images[row]
         phases = 2 if len(given) < len(requests) else 1
-        first_frames: dict[int, torch.Tensor] = {}
-        if phases == 2:  # visualization: frame 1 of each such request, without a source
+        generated, images = {}, {}  # (request, frame) -> codes (N,), decoded image (3, S, S)
+        if phases == 2:  # visualization: frame 1 of each such request, without a source, then its source
             rows = [(i, 0) for i in range(len(requests)) if sources[i] is None]
             tokens = self._sample(rows, stories, story_tokens, sources, references, config, progress, (1, phases))
-            decoded = self.decode(tokens, [None] * len(rows)) if self.reads_reference else [None] * len(rows)
-            for (i, _), codes, image in zip(rows, tokens, decoded):
-                first_frames[i] = codes
-                sources[i], references[i] = codes, image
+            for key, codes, image in zip(rows, tokens, self.decode(tokens, [None] * len(rows))):
+                generated[key], images[key] = codes, image
+                sources[key[0]], references[key[0]] = codes, image
         rows = [(i, frame) for i, story in enumerate(stories) for frame in range(1, len(story))]
         tokens = self._sample(rows, stories, story_tokens, sources, references, config, progress, (phases, phases))
-        generated = {key: codes for key, codes in zip(rows, tokens)}
-        for i, codes in first_frames.items():
-            generated[(i, 0)] = codes
-        keys = sorted(generated)
-        images = self.decode(
-            torch.stack([generated[key] for key in keys]),
-            [None if frame == 0 else references[i] for i, frame in keys],  # frame 0: drawn without a source
-        )
-        return self._results(requests, generated, dict(zip(keys, to_uint8(images))), truncated, start)
+        decoded = self.decode(tokens, [references[i] for i, _ in rows])
+        for key, codes, image in zip(rows, tokens, decoded):
+            generated[key], images[key] = codes, image
+        frames = dict(zip(images, to_uint8(torch.stack(list(images.values())))))
+        return self._results(requests, generated, frames, truncated, start)
 
     def _sample(self, rows, stories, story_tokens, sources, references, config, progress, phase) -> torch.Tensor:
         """Samples one frame per (request, frame index) row in one batch -> codes (R, N) (first candidate)."""
