@@ -12,18 +12,23 @@ characters' looks instead; then the same for characters in frame 1's pose (same 
 source frame shows them exactly as they should be drawn: "KIND, same pose") and in a new one ("KIND, new pose").
 Then, under "presence", how often the judge finds the named characters a frame should show ("kept": also in frame 1,
 the source; "entering": not in frame 1), and how often it finds a character of frame 1 that has left ("left").
+Last, "looks_repaired": the appearance score as judged, and what it would be with the cast as drawn but every
+drawn character that stands where the truth has one given that character's look (an extra character keeps its
+drawn look): how much of the appearance score is lost to looks rather than to who is drawn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 
 import numpy as np
 
 from storyviz.data.sprites.world import ACCESSORIES, BODIES, COLOURS, NAMED
 from storyviz.data.store import open_dataset
 from storyviz.evaluation.judges import judge_frames, load_judge
+from storyviz.evaluation.metrics import SLOTS
 from storyviz.evaluation.samples import read_samples
 
 ATTRIBUTES = {"body": ["none", *BODIES], "colour": ["none", *COLOURS], "accessory": ["none", *ACCESSORIES]}
@@ -74,7 +79,28 @@ def main() -> None:
         for kind, c in sorted(counts.items())
     }
     result["presence"] = presence_shares(presence, predicted["characters"], judge)
+    result["looks_repaired"] = repaired_looks(characters, predicted)
     print(json.dumps(result))
+
+
+def repaired_looks(characters: list[list[tuple[dict, str]]], predicted: dict[str, np.ndarray]) -> dict[str, float]:
+    """characters: per frame the true characters (annotation, pose); predicted: the judge's slot heads ->
+    {"judged": the frames' mean appearance score, "bound": the same with each drawn character that stands in a
+    truly occupied slot given the true look}. The score per frame is appearance_consistency's."""
+
+    def score(drawn: Counter, truth: Counter) -> float:
+        size = max(sum(drawn.values()), sum(truth.values()))
+        return 1.0 if size == 0 else sum((drawn & truth).values()) / size
+
+    judged, bound = [], []
+    for row, present in enumerate(characters):
+        truth = {c["slot"]: tuple(c[name] for name in ATTRIBUTES) for c, _ in present}
+        drawn = {slot: tuple(ATTRIBUTES[name][int(predicted[f"{slot}.{name}"][row])] for name in ATTRIBUTES)
+                 for slot in SLOTS}  # fmt: skip
+        drawn = {slot: look for slot, look in drawn.items() if look[0] != "none"}
+        judged.append(score(Counter(drawn.values()), Counter(truth.values())))
+        bound.append(score(Counter(truth.get(slot, look) for slot, look in drawn.items()), Counter(truth.values())))
+    return {"judged": round(float(np.mean(judged)), 3), "bound": round(float(np.mean(bound)), 3)}
 
 
 def presence_shares(presence: list[dict[str, str]], drawn: np.ndarray, judge) -> dict[str, dict[str, float]]:

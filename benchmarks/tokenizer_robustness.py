@@ -1,14 +1,15 @@
 """How well an image tokenizer draws from codes that are a little off, as a stage 2's sampled codes are.
 
     python benchmarks/tokenizer_robustness.py TOKENIZER --data DATA [--split test] [--stories 50]
-        [--rates 0 0.05 0.1 0.2] [--judge judge-sprites]
+        [--rates 0 0.05 0.1 0.2] [--judge judge-sprites] [--unquantized]
 
 TOKENIZER is an image tokenizer folder (VQGAN or dVAE). Every frame of the first STORIES stories is encoded; then
 a share RATE of its codes is replaced, each by the code at the same grid position of another frame of the set
 ("swap": a plausible code in the wrong place, like a stage-2 error), decoded, and read by the judge. Printed per
 rate: the judge metrics against the frames' true labels (char_f1, frame_acc, setting_acc, appearance). Rate 0 is
 the tokenizer's plain reconstruction. A tokenizer whose scores fall fast with the rate reproduces real frames but
-draws badly from a stage 2's samples.
+draws badly from a stage 2's samples. `--unquantized` (VQGAN) adds a row "unquantized": the encoder's latents
+decoded without the codebook, which tells what the codebook loses from what the encoder and decoder lose.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def decoded_frames(tokenizer, frames: np.ndarray, rate: float, seed: int, batch:
     return to_uint8(torch.cat(decoded))
 
 
+@torch.inference_mode()
+def unquantized_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The frames through a VQGAN's encoder and decoder, the codebook skipped."""
+    images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
+    decoded = []
+    for start in range(0, len(images), batch):
+        latents = tokenizer.quant_conv(tokenizer.encoder(images[start : start + batch]))
+        decoded.append(tokenizer.decode_latents(latents).clamp(-1.0, 1.0))
+    return to_uint8(torch.cat(decoded))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tokenizer", help="an image tokenizer folder")
@@ -55,15 +67,19 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--judge", default=None, help="default: the bundled judge-<data set name>")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unquantized", action="store_true", help="also decode the latents without the codebook")
     args = parser.parse_args()
     data = open_dataset(args.data)
     frames, labels = split_frames(data, args.split, limit=args.stories)
     judge = load_judge(args.judge or f"judge-{data.meta['name']}")
     tokenizer = load_model(args.tokenizer).eval()
+    decoded = {str(rate): lambda rate=rate: decoded_frames(tokenizer, frames, rate, args.seed) for rate in args.rates}
+    if args.unquantized:
+        decoded["unquantized"] = lambda: unquantized_frames(tokenizer, frames)
     rows = {}
-    for rate in args.rates:
-        predicted, _ = judge_frames(judge, decoded_frames(tokenizer, frames, rate, args.seed))
-        rows[str(rate)] = {name: round(value, 4) for name, value in judge_metrics(predicted, labels).items()}
+    for name, decode in decoded.items():
+        predicted, _ = judge_frames(judge, decode())
+        rows[name] = {metric: round(value, 4) for metric, value in judge_metrics(predicted, labels).items()}
     report = {"tokenizer": args.tokenizer, "split": args.split, "frames": len(frames), "rates": rows}
     print(json.dumps(report, indent=1))
 

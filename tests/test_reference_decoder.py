@@ -109,3 +109,43 @@ def test_reconstructions_read_each_story_s_first_frame(sprites32):
     assert np.array_equal(plain[0], read[0]) and not np.array_equal(plain[1:], read[1:])
     # `storyviz evaluate --model TOKENIZER` reconstructs story by story: frame 0 is the reference
     assert np.array_equal(_reconstruct(load_model(sprites32 / "reference").eval(), frames), read)
+
+
+def test_a_reference_encoder_starts_as_the_tokenizer_s_encoder_and_trains_alone(sprites32, tmp_path):
+    data, start = str(sprites32 / "data"), sprites32 / "vqgan"
+    config = VQGANTaskConfig.from_dict({**REFERENCE.to_dict(), "decoder_only": True, "reference_encoder": True})
+    train_config = VQGANTask.train_presets["tiny"].replace(steps=3, init_from=str(start))
+    task = VQGANTask(config, data)
+    model = task.build_model()
+    trained = {id(p) for p in task.trainable_parameters(model, torch.nn.ModuleDict())}
+    assert all(id(p) in trained for p in model.reference_encoder.parameters())
+    assert not any(id(p) in trained for p in model.encoder.parameters())
+    out = train("vqgan", config, train_config, data, tmp_path / "run")
+    before, after = load_model(start).eval(), load_model(out).eval()
+    x = images(2, 4)
+    assert torch.equal(after.encode(x), before.encode(x))  # the codes stay
+    encoder = before.encoder.state_dict()
+    gaps = {
+        name: (value - encoder[name]).abs().max().item() for name, value in after.reference_encoder.state_dict().items()
+    }
+    # it started as the encoder (3 steps at lr 1e-3 move a weight by at most about 3e-3), then trained
+    assert max(gaps.values()) < 0.01 and any(gap > 0 for gap in gaps.values())
+    x.requires_grad_(False)
+    after.reference_features(x).sum().backward()
+    assert any(p.grad is not None for p in after.reference_encoder.parameters())
+    with pytest.raises(ConfigError, match="reference_encoder: needs reference_resolutions"):
+        TINY_VQGAN.replace(reference_encoder=True)
+
+
+def test_a_reference_encoder_starts_from_the_loaded_encoder():
+    torch.manual_seed(0)
+    plain, model = VQGAN(TINY_VQGAN), VQGAN(REFERENCE.replace(reference_encoder=True))
+    loaded = plain.state_dict()
+    new = {key: value for key, value in model.state_dict().items() if key not in loaded}
+    started = model.start_added(new, loaded)
+    assert started.keys() == new.keys()
+    for key, value in started.items():
+        if key.startswith("reference_encoder."):
+            assert torch.equal(value, loaded["encoder." + key[len("reference_encoder.") :]])
+        else:
+            assert value is new[key]

@@ -11,10 +11,11 @@ decoder's levels are stored in `up` in reverse order (up[-1] is applied first) w
 
 With `reference_resolutions` (off in every published model), the decoder also reads a reference frame: at each
 listed resolution a cross-attention block (zero-initialised output, so it starts as the plain decoder) attends to
-`reference`'s map of the reference's encoder features (taken before quantisation, so it keeps what the
-codes lose). For story continuation the reference is the source frame, so that a look the codes draw only
-roughly can be drawn as the source shows it (on sprites it lifts the reconstructions more than the story model's
-samples: benchmarks/RESULTS.md). Decoding without a reference skips those blocks.
+`reference`'s map of the reference's encoder features (taken before quantisation, so it keeps what the codes
+lose): the tokenizer's own encoder, frozen, or with `reference_encoder` a copy of it that trains with the decoder
+(the codes stay the same either way). For story continuation the reference is the source frame, so that a look
+the codes draw only roughly can be drawn as the source shows it (on sprites it lifts the reconstructions more
+than the story model's samples: benchmarks/RESULTS.md). Decoding without a reference skips those blocks.
 
 The losses here are only the quantizer's (codebook, commitment); reconstruction and GAN losses live in
 storyviz.training.tasks.tokenizers.
@@ -64,6 +65,8 @@ class VQGANConfig(Config):
     dead_code_steps: int = 0  # restart codes unused for this many training steps; 0 = never
     # decoder resolutions (e.g. (16, 32)) with a cross-attention block to a reference frame; () = none
     reference_resolutions: tuple[int, ...] = ()
+    # the reference is read by an encoder of its own (starting as the tokenizer's, trained with the decoder)
+    reference_encoder: bool = False
 
     def __post_init__(self):
         if not self.ch_mult:
@@ -83,6 +86,8 @@ class VQGANConfig(Config):
                 f"VQGANConfig.reference_resolutions: {unknown} is not a decoder resolution (expected some of "
                 f"{sorted(levels)})"
             )
+        if self.reference_encoder and not self.reference_resolutions:
+            raise ConfigError("VQGANConfig.reference_encoder: needs reference_resolutions (a decoder that reads it)")
 
     @property
     def downsample_factor(self) -> int:
@@ -231,7 +236,7 @@ class VQGAN(nn.Module, Pretrained):
     model_type = "vqgan"
     config_class = VQGANConfig
     # config field -> the name of the modules it adds (train.init_from a tokenizer without them keeps their start)
-    added_by_fields = {"reference_resolutions": "reference"}
+    added_by_fields = {"reference_resolutions": "reference", "reference_encoder": "reference_encoder"}
 
     def __init__(self, config: VQGANConfig):
         super().__init__()
@@ -254,6 +259,17 @@ class VQGAN(nn.Module, Pretrained):
             self.reference = nn.Sequential(
                 nn.Conv2d(config.z_channels, width, 1), ResnetBlock(width, width, config.num_groups)
             )
+        if config.reference_encoder:
+            self.reference_encoder = Encoder(config)
+
+    def start_added(self, new: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The first weights of modules that a trained tokenizer (state `loaded`) lacks, `new` their own start:
+        a reference encoder starts as the tokenizer's encoder."""
+        prefix = "reference_encoder."
+        return {
+            key: loaded.get("encoder." + key[len(prefix) :], value) if key.startswith(prefix) else value
+            for key, value in new.items()
+        }
 
     @property
     def reads_reference(self) -> bool:
@@ -292,10 +308,13 @@ class VQGAN(nn.Module, Pretrained):
 
     def reference_features(self, images: torch.Tensor) -> torch.Tensor:
         """Reference frames (B, 3, H, W) in [-1, 1] -> the map the decoder's cross-attention reads (B, C, h, w).
-        The encoder is read without gradient: the codes of every frame stay as they are."""
+        The tokenizer's encoder is read without gradient (the codes of every frame stay as they are), a
+        `reference_encoder` with it."""
         if not self.reads_reference:
             raise ValueError("this VQGAN's decoder reads no reference frame (reference_resolutions is empty)")
         self._check_images(images)
+        if self.config.reference_encoder:
+            return self.reference(self.reference_encoder(images))
         with torch.no_grad():
             features = self.encoder(images)
         return self.reference(features)

@@ -243,6 +243,8 @@ class _Run:
             new = {key: value for key, value in self.model.state_dict().items() if key not in state}
             if not all(any(part in key.split(".") for part in self.model.added_by_fields.values()) for key in new):
                 raise ConfigError(f"train.init_from {source}: weights missing beyond the modules of {sorted(added)}")
+            if hasattr(self.model, "start_added"):  # e.g. a copy of a trained part
+                new = self.model.start_added(new, state)
             state = {**new, **state}
         load_state_dict_strict(self.model, state, str(source / WEIGHTS_NAME))
         if self.ema is not None:

@@ -20,7 +20,8 @@ the reference. With `look_swap` > 0 (sprites only) the codes are those of the fr
 (storyviz.data.sprites.twins: characters of frame 1 drawn with another look, each with that probability) and the
 target is still the true frame, so the decoder learns to draw the looks that the source frame shows. A share
 `reference_drop` of the training frames decodes their own codes without the reference (never a twin's, which
-only the reference can repair), so that the plain decoding stays as it was.
+only the reference can repair), so that the plain decoding stays as it was. A `reference_encoder` (the reference's
+own encoder, starting as the tokenizer's) trains with the decoder.
 The optional PatchGAN discriminator is a task extra (trained by the same optimiser, not exported). Its two terms
 are kept apart: the generator term runs D with detached parameters (no gradient into D), the discriminator term
 sees detached reconstructions (no gradient into the VQGAN). The adaptive weight is taming's ratio of the
@@ -305,6 +306,8 @@ class VQGANTask(Task):
         parts = [model.post_quant_conv, model.decoder, extras]
         if model.reads_reference:
             parts.append(model.reference)
+        if model.config.reference_encoder:
+            parts.append(model.reference_encoder)
         return [p for part in parts for p in part.parameters()]
 
     def dataset(self, split: str) -> Dataset:
