@@ -17,7 +17,8 @@
 #   bash scripts/recipes.sh dalle-digits    digits: VQGAN (L1/L2, then the discriminator), codes, the minimal DALL-E,
 #                                           its re-ranking scorer
 #   bash scripts/recipes.sh storydalle      sprites: codes, DALL-E on single frames, then StoryDALL-E, its story stage,
-#                                           stories with guests (after vqgan-sprites-wide), its re-ranking scorer
+#                                           stories with guests (after vqgan-sprites-wide), its re-ranking scorer;
+#                                           vqgan-sprites-wide-twins then gives it the shipped decoder
 #   bash scripts/recipes.sh storydalle-f4   the StoryDALL-E shipped until 2026-12-05, on the first tokenizer (after
 #                                           vqgan-sprites); not shipped now
 #   bash scripts/recipes.sh storydalle-ablations   no cross-attention, no story encoder, prompt tuning (after storydalle-f4)
@@ -245,5 +246,5 @@ case "${1:-}" in
             --set "model.pretrained=$WORK/runs/dalle-sprites-guests/model" --set "model.codes=$WORK/codes/sprites-guests" \
             --set model.model.copy_source=true --set model.input_noise=0.15 \
             --set train.steps=5000 --set train.precision=bf16 ;;
-    *) sed -n '2,26p' "$0"; exit 2 ;;
+    *) sed -n '2,27p' "$0"; exit 2 ;;
 esac

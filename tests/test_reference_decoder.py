@@ -130,7 +130,6 @@ def test_a_reference_encoder_starts_as_the_tokenizer_s_encoder_and_trains_alone(
     }
     # it started as the encoder (3 steps at lr 1e-3 move a weight by at most about 3e-3), then trained
     assert max(gaps.values()) < 0.01 and any(gap > 0 for gap in gaps.values())
-    x.requires_grad_(False)
     after.reference_features(x).sum().backward()
     assert any(p.grad is not None for p in after.reference_encoder.parameters())
     with pytest.raises(ConfigError, match="reference_encoder: needs reference_resolutions"):
