@@ -156,7 +156,8 @@ def _reconstruct(tokenizer: torch.nn.Module, frames: np.ndarray, references: lis
     of each story (`_record` order) or, when given, `references` (each (H, W, 3) or None)."""
     references = [None, *[frames[0]] * (len(frames) - 1)] if references is None else references
     codes = tokenizer.encode(_images(frames))  # every first stage has encode / decode
-    decoded = decode_each(tokenizer, codes, [None if r is None else _images([r])[0] for r in references])
+    images = {id(r): _images([r])[0] for r in references if r is not None}  # a shared frame converted once
+    decoded = decode_each(tokenizer, codes, [None if r is None else images[id(r)] for r in references])
     return ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

@@ -361,12 +361,18 @@ class VQGAN(nn.Module, Pretrained):
 def decode_each(tokenizer, codes: torch.Tensor, references: list[torch.Tensor | None]) -> torch.Tensor:
     """codes (R, h, w) -> images (R, 3, H, W) in [-1, 1] in one decoder pass: each row with its reference frame
     (3, H, W) in [-1, 1] by a tokenizer whose decoder reads one (`reads_reference`; a None reference decodes as
-    without one), otherwise plainly (any image tokenizer)."""
+    without one), otherwise plainly (any image tokenizer). Rows that share a reference tensor (a story's frames,
+    a frame's candidates) share its features, computed once."""
     given = [reference is not None for reference in references]
     if not getattr(tokenizer, "reads_reference", False) or not any(given):
         return tokenizer.decode(codes)
-    blank = torch.zeros_like(references[given.index(True)])  # read by nothing: its rows' keep is 0
-    frames = torch.stack([blank if reference is None else reference for reference in references])
-    keep = torch.tensor(given, dtype=frames.dtype, device=frames.device)
-    features = tokenizer.reference_features(frames)
+    unique: dict[int, int] = {}  # id of a reference tensor -> its row in `frames`
+    frames: list[torch.Tensor] = []
+    for reference in references:
+        if reference is not None and id(reference) not in unique:
+            unique[id(reference)] = len(frames)
+            frames.append(reference)
+    rows = [0 if reference is None else unique[id(reference)] for reference in references]  # None: keep is 0
+    keep = torch.tensor(given, dtype=frames[0].dtype, device=frames[0].device)
+    features = tokenizer.reference_features(torch.stack(frames))[rows]
     return tokenizer.decode_latents(tokenizer.quantize.lookup(codes), features, keep).clamp(-1.0, 1.0)

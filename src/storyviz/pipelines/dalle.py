@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from storyviz.convert.bundle import DALLE_BUNDLE, DalleBundle, read_bundle_config
+from storyviz.image_tokenizers.vqgan import decode_each
 from storyviz.models.inference import is_quantized, quantize_int8_
 from storyviz.pipelines.base import ProgressFn, SamplingOptions, StoryPipeline, StoryRequest, StoryResult
 from storyviz.pipelines.rerank import FrameScorer, Reranker, best_candidates
@@ -192,16 +193,14 @@ def rerank(
     image_tokenizer,
     grid: tuple[int, int],
     earlier: list[list[str]],
-    references: torch.Tensor | None = None,
+    references: list[torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """tokens (B, C, N) of C candidates for each of B captions -> (the same sorted best first, scores (B, C) sorted
-    alike); every candidate is decoded (with its caption's reference frame (B, 3, H, W) when given, for a decoder
-    that reads one) and scored against its caption (and its story's `earlier` captions)."""
+    alike); every candidate is decoded (with its caption's reference frame (3, H, W) or None, for a decoder that
+    reads one: `decode_each`) and scored against its caption (and its story's `earlier` captions)."""
     batch, count = tokens.shape[:2]
-    if references is None:
-        images = image_tokenizer.decode(tokens.reshape(-1, *grid))
-    else:
-        images = image_tokenizer.decode(tokens.reshape(-1, *grid), references.repeat_interleave(count, dim=0))
+    references = [None] * batch if references is None else references
+    images = decode_each(image_tokenizer, tokens.reshape(-1, *grid), [r for r in references for _ in range(count)])
     images = images.clamp(-1, 1)
     scores = scorer(captions, images.view(batch, count, *images.shape[1:]), earlier=earlier)
     scores = torch.as_tensor(scores, dtype=torch.float32)

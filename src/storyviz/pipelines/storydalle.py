@@ -201,8 +201,7 @@ class StoryDallePipeline(DallePipeline):
             captions = [stories[i][frame] for i, frame in rows]
             earlier = [stories[i][:frame] for i, frame in rows]
             given = [references[i] for i, _ in rows]
-            reference = torch.stack(given) if self.reads_reference and all(r is not None for r in given) else None
-            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier, reference)
+            tokens, _ = rerank(self.scorer, captions, tokens, self.image_tokenizer, self.grid, earlier, given)
         return tokens[:, 0]
 
     def _warn_truncated(self, captions: list[str]) -> list[str]:
