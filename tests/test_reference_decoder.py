@@ -14,7 +14,7 @@ from storyviz.evaluation.run import _reconstruct, reconstructions
 from storyviz.image_tokenizers.vqgan import VQGAN
 from storyviz.registry import load_model
 from storyviz.training.loop import train
-from storyviz.training.tasks.tokenizers import VQGANTask, VQGANTaskConfig
+from storyviz.training.tasks.tokenizers import VQGANTask, VQGANTaskConfig, repair_loss
 from tiny_models import TINY_VQGAN, with_random_outputs
 
 REFERENCE = TINY_VQGAN.replace(reference_resolutions=(8, 16))  # 32 px: decoder levels at 4, 8, 16 and 32 px
@@ -79,6 +79,9 @@ def test_training_a_reference_decoder_from_a_trained_tokenizer(sprites32, tmp_pa
     assert sorted(batch) == ["images", "input", "keep", "reference"] and batch["images"].shape == (3, 3, 32, 32)
     assert not torch.equal(batch["input"], batch["images"])  # look twins of frames 2.. of the first story
     assert batch["keep"].tolist() == [1.0, 1.0, 1.0]
+    repairing = VQGANTask(config.replace(reference_drop=0.0, repair_weight=1.0), data)
+    _, logs = repairing.loss(repairing.build_model(), batch, 0, torch.nn.ModuleDict())
+    assert logs["repair"] > 0
     task = VQGANTask(config.replace(reference_drop=1.0), data)  # without the reference: only the frame's own codes
     batch = task.collate([task.dataset("train")[i] for i in range(3)])
     assert torch.equal(batch["input"], batch["images"]) and batch["keep"].tolist() == [0.0, 0.0, 0.0]
@@ -95,8 +98,22 @@ def test_training_a_reference_decoder_from_a_trained_tokenizer(sprites32, tmp_pa
 
     with pytest.raises(ConfigError, match="decoder_only=true"):
         VQGANTask(config.replace(decoder_only=False), data)
+    with pytest.raises(ConfigError, match=r"repair_weight=1.0: .*look_swap > 0"):
+        VQGANTask(config.replace(look_swap=0.0, repair_weight=1.0), data)
     with pytest.raises(ConfigError, match=r"fields \['ch'"):
         train("vqgan", config.replace(ch=16), train_config, data, tmp_path / "other")
+
+
+def test_the_repair_loss_weighs_only_the_pixels_that_a_twin_changed_and_their_outline():
+    target = torch.zeros(1, 3, 8, 8)
+    twin = target.clone()
+    twin[0, :, 3, 3] = 1.0  # one pixel changed: with its outline, 9 pixels count
+    far, near = target.clone(), target.clone()
+    far[0, :, 7, 7] = 0.5
+    near[0, :, 3, 4] = 0.9
+    assert repair_loss(far, target, twin).item() == 0
+    assert repair_loss(near, target, twin).item() == pytest.approx(0.9 / 9)
+    assert repair_loss(near, target, target).item() == 0  # no twin: nothing to repair
 
 
 def test_reconstructions_read_each_story_s_first_frame(sprites32):

@@ -21,7 +21,9 @@ the reference. With `look_swap` > 0 (sprites only) the codes are those of the fr
 target is still the true frame, so the decoder learns to draw the looks that the source frame shows. A share
 `reference_drop` of the training frames decodes their own codes without the reference (never a twin's, which
 only the reference can repair), so that the plain decoding stays as it was. A `reference_encoder` (the reference's
-own encoder, starting as the tokenizer's) trains with the decoder.
+own encoder, starting as the tokenizer's) trains with the decoder. `repair_weight` adds
+repair_weight * |x - x'| averaged over the pixels that the twin changed (dilated by one pixel): a changed
+accessory is a few dozen of a frame's 4096 pixels, and the plain mean barely sees it.
 The optional PatchGAN discriminator is a task extra (trained by the same optimiser, not exported). Its two terms
 are kept apart: the generator term runs D with detached parameters (no gradient into D), the discriminator term
 sees detached reconstructions (no gradient into the VQGAN). The adaptive weight is taming's ratio of the
@@ -75,6 +77,7 @@ class VQGANTaskConfig(VQGANConfig):
     decoder_only: bool = False
     look_swap: float = 0.0  # reference decoders on sprites: chance that a character of frame 1 is drawn otherwise
     reference_drop: float = 0.1  # reference decoders: share of frames decoded without the reference
+    repair_weight: float = 0.0  # look twins: extra L1 weight on the pixels that a twin changed (see repair_loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +225,17 @@ def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, l1: 
     return loss
 
 
+def repair_loss(reconstruction: torch.Tensor, images: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Mean |x - x'| over the pixels where the decoder's input `given` (a look twin) differs from its target
+    `images`, dilated by one pixel so that a part's outline counts too; 0 when no pixel differs."""
+    changed = (given - images).abs().amax(1, keepdim=True) > 0
+    changed = nn.functional.max_pool2d(changed.float(), 3, stride=1, padding=1)
+    count = changed.sum() * images.shape[1]
+    if count == 0:
+        return reconstruction.new_zeros(())
+    return ((reconstruction - images).abs() * changed).sum() / count
+
+
 @torch.no_grad()
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
     """Mean PSNR in dB of images in [-1, 1], measured on pixels in [0, 1] (reconstructions clamped)."""
@@ -290,6 +304,11 @@ class VQGANTask(Task):
             raise ConfigError(
                 f"model.reference_drop={c.reference_drop}, model.look_swap={c.look_swap}: expected shares in [0, 1]"
             )
+        if c.repair_weight < 0 or (c.repair_weight > 0 and c.look_swap == 0):
+            raise ConfigError(
+                f"model.repair_weight={c.repair_weight}: expected 0, or a positive weight with model.look_swap > 0 "
+                "(it weighs the pixels that a look twin changed)"
+            )
 
     def build_model(self) -> VQGAN:
         return VQGAN(base_config(self.model_config, VQGANConfig))
@@ -348,6 +367,9 @@ class VQGANTask(Task):
             images = batch
             reconstruction, codes, vq = model(images)
         rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
+        if c.repair_weight > 0:
+            repair = repair_loss(reconstruction, images, batch["input"])
+            rec_loss = rec_loss + c.repair_weight * repair
         loss = rec_loss + c.codebook_weight * (vq["codebook"] + vq["commitment"])
         logs = {
             "reconstruction": rec_loss.item(),
@@ -356,6 +378,8 @@ class VQGANTask(Task):
             "psnr": psnr(reconstruction, images),
             **model.codebook_stats(codes),
         }
+        if c.repair_weight > 0:
+            logs["repair"] = repair.item()
         if "discriminator" in extras and step >= c.disc_start:
             discriminator = extras["discriminator"]
             frozen = {name: p.detach() for name, p in discriminator.named_parameters()}
@@ -436,6 +460,9 @@ class DVAETask(Task):
         tau = self.temperature(step)
         reconstruction, codes, terms = model(images, temperature=tau)
         rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
+        if c.repair_weight > 0:
+            repair = repair_loss(reconstruction, images, batch["input"])
+            rec_loss = rec_loss + c.repair_weight * repair
         loss = rec_loss + self.kl_weight(step) * terms["kl"]
         logs = {
             "reconstruction": rec_loss.item(),
@@ -444,6 +471,8 @@ class DVAETask(Task):
             "psnr": psnr(reconstruction, images),
             **model.codebook_stats(codes),
         }
+        if c.repair_weight > 0:
+            logs["repair"] = repair.item()
         return loss, logs
 
     @torch.no_grad()
