@@ -304,10 +304,10 @@ class VQGANTask(Task):
             raise ConfigError(
                 f"model.reference_drop={c.reference_drop}, model.look_swap={c.look_swap}: expected shares in [0, 1]"
             )
-        if c.repair_weight < 0 or (c.repair_weight > 0 and c.look_swap == 0):
+        if c.repair_weight < 0 or (c.repair_weight > 0 and (c.look_swap == 0 or not c.reference_resolutions)):
             raise ConfigError(
-                f"model.repair_weight={c.repair_weight}: expected 0, or a positive weight with model.look_swap > 0 "
-                "(it weighs the pixels that a look twin changed)"
+                f"model.repair_weight={c.repair_weight}: expected 0, or a positive weight for a reference decoder "
+                "with model.look_swap > 0 (it weighs the pixels that a look twin changed)"
             )
 
     def build_model(self) -> VQGAN:
@@ -460,9 +460,6 @@ class DVAETask(Task):
         tau = self.temperature(step)
         reconstruction, codes, terms = model(images, temperature=tau)
         rec_loss = reconstruction_loss(reconstruction, images, c.l1_weight, c.l2_weight)
-        if c.repair_weight > 0:
-            repair = repair_loss(reconstruction, images, batch["input"])
-            rec_loss = rec_loss + c.repair_weight * repair
         loss = rec_loss + self.kl_weight(step) * terms["kl"]
         logs = {
             "reconstruction": rec_loss.item(),
@@ -471,8 +468,6 @@ class DVAETask(Task):
             "psnr": psnr(reconstruction, images),
             **model.codebook_stats(codes),
         }
-        if c.repair_weight > 0:
-            logs["repair"] = repair.item()
         return loss, logs
 
     @torch.no_grad()
