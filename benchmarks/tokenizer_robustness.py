@@ -1,7 +1,7 @@
 """How well an image tokenizer draws from codes that are a little off, as a stage 2's sampled codes are.
 
     python benchmarks/tokenizer_robustness.py TOKENIZER --data DATA [--split test] [--stories 50]
-        [--rates 0 0.05 0.1 0.2] [--judge judge-sprites] [--unquantized]
+        [--rates 0 0.05 0.1 0.2] [--judge judge-sprites] [--unquantized] [--self-reference]
 
 TOKENIZER is an image tokenizer folder (VQGAN or dVAE). Every frame of the first STORIES stories is encoded; then
 a share RATE of its codes is replaced, each by the code at the same grid position of another frame of the set
@@ -48,6 +48,18 @@ def decoded_frames(tokenizer, frames: np.ndarray, rate: float, seed: int, batch:
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def self_reference_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The frames' codes decoded twice: plainly, then with the plain decoding as each frame's reference."""
+    images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
+    decoded = []
+    for start in range(0, len(images), batch):
+        codes = tokenizer.encode(images[start : start + batch])
+        decoded.append(tokenizer.decode(codes, reference=tokenizer.decode(codes)))
+    return to_uint8(torch.cat(decoded))
+
+
+@torch.inference_mode()
 def unquantized_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
     """The frames through a VQGAN's encoder and decoder, the codebook skipped."""
     images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
@@ -68,6 +80,9 @@ def main() -> None:
     parser.add_argument("--judge", default=None, help="default: the bundled judge-<data set name>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unquantized", action="store_true", help="also decode the latents without the codebook")
+    parser.add_argument(
+        "--self-reference", action="store_true", help="also decode each frame with its plain decoding as reference"
+    )
     args = parser.parse_args()
     data = open_dataset(args.data)
     frames, labels = split_frames(data, args.split, limit=args.stories)
@@ -76,6 +91,10 @@ def main() -> None:
     decoded = {str(rate): lambda rate=rate: decoded_frames(tokenizer, frames, rate, args.seed) for rate in args.rates}
     if args.unquantized:
         decoded["unquantized"] = lambda: unquantized_frames(tokenizer, frames)
+    if args.self_reference:
+        if not getattr(tokenizer, "reads_reference", False):
+            parser.error(f"--self-reference: {args.tokenizer} has a decoder that reads no reference frame")
+        decoded["self_reference"] = lambda: self_reference_frames(tokenizer, frames)
     rows = {}
     for name, decode in decoded.items():
         predicted, _ = judge_frames(judge, decode())
