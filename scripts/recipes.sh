@@ -132,10 +132,11 @@ case "${1:-}" in
         done ;;
     vqgan-sprites-wide-twins)  # the shipped decoder: it repairs looks from the source frame (the codes stay the
         # same). 2000 steps on look twins (L1/L2), then with the discriminator and the reference's own encoder
-        # 2000 steps, resumed to 5000, then to 10000 with the repair weight on the pixels a twin changed (about
-        # 20 min per 2000 steps on two threads; benchmarks/RESULTS.md, "Where `test_unseen` appearance is lost"
-        # and "Weighing the repaired pixels"). The measured run's first stage was step 2000 of a 4000-step
-        # schedule, started from the shipped float16 tokenizer
+        # 2000 steps, resumed to 5000, then to 10000 with the repair weight on the pixels a twin changed, then to
+        # 12500 with 30% of the frames decoded without the reference (about 20 min per 2000 steps on two threads;
+        # benchmarks/RESULTS.md, "Where `test_unseen` appearance is lost", "Weighing the repaired pixels" and "More
+        # frames without the reference"). The measured run's first stage was step 2000 of a 4000-step schedule,
+        # started from the shipped float16 tokenizer
         needs storydalle-wide-guests storydalle
         needs scorer-sprites storydalle
         guest_data
@@ -145,14 +146,15 @@ case "${1:-}" in
         train vqgan small-f4 "$WORK/data/sprites-guests" "$twins" --steps 2000 "${reference[@]}" \
             --set "train.init_from=$WORK/runs/storydalle-wide-guests/model" --set train.lr=2e-4 \
             --set train.warmup_steps=100
-        for steps in 2000 5000 10000; do
-            repair=0
+        for steps in 2000 5000 10000 12500; do
+            repair=0 drop=0.1
             [ $steps -le 5000 ] || repair=1
+            [ $steps -le 10000 ] || drop=0.3
             [ "$(steps_done "$WORK/runs/vqgan-sprites-wide-twins")" -ge $steps ] ||
                 train vqgan small-f4 "$WORK/data/sprites-guests" "$WORK/runs/vqgan-sprites-wide-twins" \
                     --steps $steps "${reference[@]}" --set model.reference_encoder=true \
                     --set model.disc_weight=0.2 --set "train.init_from=$twins/model" --set train.lr=1e-4 \
-                    --set train.warmup_steps=50 --set model.repair_weight=$repair
+                    --set train.warmup_steps=50 --set model.repair_weight=$repair --set model.reference_drop=$drop
         done
         # the storydalle target's model again, with this decoder (it refuses a tokenizer that makes other codes)
         python "$ROOT/scripts/ship_model.py" "$WORK/runs/storydalle-wide-guests/model" sprites \
