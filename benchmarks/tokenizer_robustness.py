@@ -48,7 +48,6 @@ def decoded_frames(tokenizer, frames: np.ndarray, rate: float, seed: int, batch:
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def self_reference_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
     """The frames' codes decoded twice: plainly, then with the plain decoding as each frame's reference."""
     images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
