@@ -39,22 +39,26 @@ def swap_codes(codes: torch.Tensor, rate: float, generator: torch.Generator) -> 
 
 
 @torch.inference_mode()
-def decoded_frames(tokenizer, frames: np.ndarray, rate: float, seed: int, batch: int = 64) -> np.ndarray:
+def frame_codes(tokenizer, frames: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """frames (N, H, W, 3) uint8 -> their codes (N, h, w)."""
     images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
-    codes = torch.cat([tokenizer.encode(images[start : start + batch]) for start in range(0, len(images), batch)])
+    return torch.cat([tokenizer.encode(images[start : start + batch]) for start in range(0, len(images), batch)])
+
+
+@torch.inference_mode()
+def decoded_frames(tokenizer, codes: torch.Tensor, rate: float, seed: int, batch: int = 64) -> np.ndarray:
     codes = swap_codes(codes, rate, torch.Generator().manual_seed(seed))
     decoded = [tokenizer.decode(codes[start : start + batch]) for start in range(0, len(codes), batch)]
     return to_uint8(torch.cat(decoded))
 
 
 @torch.inference_mode()
-def self_reference_frames(tokenizer, frames: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The frames' codes decoded twice: plainly, then with the plain decoding as each frame's reference."""
-    images = images_from_uint8(torch.from_numpy(np.ascontiguousarray(frames)))
+def self_reference_frames(tokenizer, codes: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """The codes decoded twice: plainly, then with the plain decoding as each frame's reference."""
     decoded = []
-    for start in range(0, len(images), batch):
-        codes = tokenizer.encode(images[start : start + batch])
-        decoded.append(tokenizer.decode(codes, reference=tokenizer.decode(codes)))
+    for start in range(0, len(codes), batch):
+        rows = codes[start : start + batch]
+        decoded.append(tokenizer.decode(rows, reference=tokenizer.decode(rows)))
     return to_uint8(torch.cat(decoded))
 
 
@@ -87,13 +91,14 @@ def main() -> None:
     frames, labels = split_frames(data, args.split, limit=args.stories)
     judge = load_judge(args.judge or f"judge-{data.meta['name']}")
     tokenizer = load_model(args.tokenizer).eval()
-    decoded = {str(rate): lambda rate=rate: decoded_frames(tokenizer, frames, rate, args.seed) for rate in args.rates}
+    codes = frame_codes(tokenizer, frames)
+    decoded = {str(rate): lambda rate=rate: decoded_frames(tokenizer, codes, rate, args.seed) for rate in args.rates}
     if args.unquantized:
         decoded["unquantized"] = lambda: unquantized_frames(tokenizer, frames)
     if args.self_reference:
         if not getattr(tokenizer, "reads_reference", False):
             parser.error(f"--self-reference: {args.tokenizer} has a decoder that reads no reference frame")
-        decoded["self_reference"] = lambda: self_reference_frames(tokenizer, frames)
+        decoded["self_reference"] = lambda: self_reference_frames(tokenizer, codes)
     rows = {}
     for name, decode in decoded.items():
         predicted, _ = judge_frames(judge, decode())
